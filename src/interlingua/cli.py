@@ -1,0 +1,101 @@
+"""``interlingua <command>``: each command is a plain function of a resolved :class:`Config`.
+
+    interlingua baselines --config embedded --limit 1000
+    interlingua baselines --config tiny eval.batch_size=4 --set data.source=tests/assets/squad_mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from interlingua.config import Config, ConfigError, load_config
+
+log = logging.getLogger("interlingua")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default="embedded", help="config name (tiny, embedded, llama-qwen) or YAML path")
+    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. eval.batch_size=8")
+    parser.add_argument("--output-dir", "-o", default=None, help="run folder (default runs/<config name>/<command>)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interlingua", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("baselines", help="text, token-budget and question-only baselines on SQuAD validation")
+    _add_common(p)
+    p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("config", help="print the resolved config as YAML")
+    _add_common(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("models", help="list the embedded model names and where they come from")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
+    overrides = list(args.set_overrides) + list(args.overrides) + list(extra or [])
+    if getattr(args, "output_dir", None):
+        overrides.append(f"runtime.output_dir={args.output_dir}")
+    return load_config(args.config, overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    print(OmegaConf.to_yaml(OmegaConf.structured(resolve_config(args))), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from interlingua.models.registry import describe_embedded_models
+
+    print(describe_embedded_models())
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from interlingua.eval.jobs import baselines_job
+
+    extra = [f"eval.limit={args.limit}"] if args.limit is not None else []
+    config = resolve_config(args, extra)
+    out_dir = baselines_job(config, progress=not args.quiet)
+    print(f"\nwrote {out_dir}/")
+    print((out_dir / "report.md").read_text())
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    from interlingua.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"interlingua {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Typed configuration for every command: dataclass defaults <- YAML file <- command-line overrides.
+
+    cfg = load_config("embedded", ["train.lr=1e-4", "models.1.prompt_format=raw"])
+
+A config name is looked up as a path first, then as ``configs/<name>.yaml`` in the current directory,
+then in the ``configs/`` folder shipped next to the package source. Unknown keys and bad values raise
+:class:`ConfigError` naming the key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+class PromptFormat(str, Enum):
+    AUTO = "auto"  # chat template when the tokenizer has one, raw text otherwise
+    RAW = "raw"
+    CHAT = "chat"
+
+
+class Pooling(str, Enum):
+    MEAN = "mean"  # seed: masked mean over token states -> one vector
+    QUERIES = "queries"  # M learned queries cross-attend over the token states
+
+
+class AnchorKind(str, Enum):
+    SENTENCE = "sentence"  # seed: one pooled sentence embedding (single key; degenerate attention)
+    TOKENS = "tokens"  # the sentence encoder's token states as keys
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+@dataclass
+class ModelConfig:
+    """One frozen LLM."""
+
+    spec: str = "???"
+    """Hub id, local directory, ``.gguf`` file, or embedded name (see ``interlingua models``)."""
+    prompt_format: PromptFormat = PromptFormat.AUTO
+    """How the text baselines and the KD teacher see the prompt: ``raw``, ``chat`` or ``auto``."""
+
+
+@dataclass
+class DataConfig:
+    """Where SQuAD v1.1 comes from and how much of it is used."""
+
+    source: str = "auto"
+    """``auto`` ($INTERLINGUA_SQUAD_DIR if set, else the hub), ``hub``, or a JSON file / folder."""
+    train_limit: Optional[int] = 2000
+    """Training examples taken (after the seeded shuffle); null = all."""
+    seed: int = 0
+    """Seed of the deterministic example order."""
+    max_prompt_tokens: int = 1024
+    """Contexts are cut so a text prompt never exceeds this many tokens (counted in metrics)."""
+
+    def __post_init__(self) -> None:
+        if self.train_limit is not None and self.train_limit <= 0:
+            raise ConfigError(f"data.train_limit must be positive or null, got {self.train_limit}")
+        if self.max_prompt_tokens < 32:
+            raise ConfigError(f"data.max_prompt_tokens must be >= 32, got {self.max_prompt_tokens}")
+
+
+@dataclass
+class InterlinguaConfig:
+    """Shape of the learned interlingua (DESIGN §3)."""
+
+    d_inter: int = 512
+    """Width of the shared space."""
+    num_slots: int = 32
+    """M: soft tokens each adapter produces."""
+    n_heads: int = 8
+    """Attention heads in the cross-attention and refinement layers."""
+    n_cross_layers: int = 4
+    """Cross-attention blocks from token states to the anchor."""
+    n_refine_layers: int = 2
+    """TransformerEncoder layers after cross-attention."""
+    dropout: float = 0.0
+    """Dropout inside the learned modules."""
+    pooling: Pooling = Pooling.MEAN
+    """``mean`` (seed) or ``queries``."""
+    anchor: AnchorKind = AnchorKind.SENTENCE
+    """``sentence`` (seed, one key) or ``tokens`` (encoder token states as keys)."""
+
+    def __post_init__(self) -> None:
+        for key in ("d_inter", "num_slots", "n_heads", "n_cross_layers"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"interlingua.{key} must be positive, got {getattr(self, key)}")
+        if self.n_refine_layers < 0:
+            raise ConfigError(f"interlingua.n_refine_layers must be >= 0, got {self.n_refine_layers}")
+        if self.d_inter % self.n_heads:
+            raise ConfigError(
+                f"interlingua.d_inter ({self.d_inter}) must be divisible by interlingua.n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"interlingua.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LossConfig:
+    """L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd (DESIGN §3)."""
+
+    k_tokens: int = 4
+    """K: answer tokens supervised by CE and KD."""
+    w_gen: float = 1.0
+    w_align: float = 0.5
+    w_sem: float = 0.1
+    w_kd: float = 0.3
+    kd_temperature: float = 1.0
+    """Softmax temperature of the KD term."""
+
+    def __post_init__(self) -> None:
+        if self.k_tokens <= 0:
+            raise ConfigError(f"loss.k_tokens must be positive, got {self.k_tokens}")
+        for key in ("w_gen", "w_align", "w_sem", "w_kd"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
+        if self.kd_temperature <= 0:
+            raise ConfigError(f"loss.kd_temperature must be positive, got {self.kd_temperature}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    steps: int = 250
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Examples per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step."""
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 25
+    """Linear warmup, then cosine decay to zero."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    save_every: int = 50
+    """Checkpoint every N optimizer steps (and at the end)."""
+    log_every: int = 10
+    """Collapse diagnostics and metrics every N optimizer steps (and at step 0)."""
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ConfigError(f"train.warmup_steps must be in [0, train.steps={self.steps}], got {self.warmup_steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the SQuAD v1.1 validation split (DESIGN §5)."""
+
+    limit: Optional[int] = 1000
+    """Validation examples (seeded order); below 1000 the report labels the run a smoke run."""
+    batch_size: int = 16
+    max_new_tokens: int = 16
+    """Greedy decoding, cut at the first newline or EOS."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"eval.limit must be positive or null, got {self.limit}")
+        if self.batch_size <= 0 or self.max_new_tokens <= 0:
+            raise ConfigError("eval.batch_size and eval.max_new_tokens must be positive")
+
+
+@dataclass
+class CompressionConfig:
+    """Wire format of the interlingua (DESIGN §6)."""
+
+    precision: Precision = Precision.FP32
+    group_size: int = 32
+    """Values sharing one scale in int8/int4."""
+    qat: bool = False
+    """Quantisation-aware training (straight-through estimator)."""
+    l1: float = 0.0
+    """L1 sparsity penalty on z."""
+
+    def __post_init__(self) -> None:
+        if self.group_size <= 0:
+            raise ConfigError(f"compression.group_size must be positive, got {self.group_size}")
+        if self.l1 < 0:
+            raise ConfigError(f"compression.l1 must be >= 0, got {self.l1}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how things run."""
+
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    seed: int = 0
+    output_dir: Optional[str] = None
+    """Run folder; default ``runs/<config name>/<command>``."""
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = "unnamed"
+    models: List[ModelConfig] = field(default_factory=list)
+    """The frozen LLMs (N >= 1 for baselines, N >= 2 to train an interlingua)."""
+    encoder: str = "all-minilm-l6-v2"
+    """Frozen sentence encoder that gives the semantic anchor."""
+    data: DataConfig = field(default_factory=DataConfig)
+    interlingua: InterlinguaConfig = field(default_factory=InterlinguaConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models is empty: list at least one model, e.g. models: [{spec: smollm2-135m-instruct}]")
+        specs = [m.spec for m in self.models]
+        if "???" in specs:
+            raise ConfigError("every entry of models needs a spec (models.N.spec)")
+        if len(set(specs)) != len(specs):
+            raise ConfigError(f"models lists the same spec twice: {specs}")
+
+    def output_dir(self, command: str) -> Path:
+        return Path(self.runtime.output_dir or Path("runs") / self.name / command)
+
+
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_config_file(name_or_path: str) -> Path:
+    """Resolve a config name or path to an existing YAML file."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith((".yaml", ".yml")):
+        candidates += [Path("configs") / f"{name_or_path}.yaml", SHIPPED_CONFIG_DIR / f"{name_or_path}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    shipped = sorted(p.stem for p in SHIPPED_CONFIG_DIR.glob("*.yaml")) if SHIPPED_CONFIG_DIR.is_dir() else []
+    raise ConfigError(
+        f"config {name_or_path!r} not found (looked at {', '.join(str(c) for c in candidates)}); "
+        f"shipped configs: {', '.join(shipped) or 'none found'}"
+    )
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``'train.lr=3e-4'`` -> ``('train.lr', '3e-4')``; the value is parsed as YAML (OmegaConf casts it)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().removeprefix("--")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=3e-4)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key, value
+
+
+def _key_of(err: OmegaConfBaseException) -> str:
+    return getattr(err, "full_key", None) or "?"
+
+
+def load_config(name_or_path: str, overrides: Optional[List[str]] = None) -> Config:
+    """Load a config by name or path and apply ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type, invalid value, or missing file; the message names the key.
+    """
+    path = find_config_file(name_or_path)
+    try:
+        from_file = OmegaConf.load(path)
+    except Exception as err:  # yaml errors of several kinds
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), from_file)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: bad key {_key_of(err)!r}: {_first_line(err)}") from None
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"override {text!r}: unknown key {key!r}; {_known_keys_hint(merged, key)}")
+        try:
+            OmegaConf.update(merged, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {text!r}: bad value for {key!r}: {_first_line(err)}") from None
+    try:
+        config = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise ConfigError(f"{path}: bad value for {_key_of(err)!r}: {_first_line(err)}") from None
+    assert isinstance(config, Config)
+    return config
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _known_keys_hint(merged, key: str) -> str:
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(merged, parent) if parent else merged
+    if OmegaConf.is_dict(node):
+        return f"keys under {parent or 'the top level'}: {', '.join(str(k) for k in node.keys())}"
+    return "see `interlingua config --config NAME` for the full list"
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain dict (enums as their values) for JSON/YAML output."""
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
+def replace(config: Config, **changes) -> Config:
+    """A copy with top-level fields replaced (configs are never mutated in place)."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,7 @@
+"""The errors that mean "bad input from the user": the CLI prints them as one clear line, no traceback."""
+
+from interlingua.config import ConfigError
+from interlingua.data.squad import SquadDataError
+from interlingua.models.registry import ModelSpecError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ModelSpecError, SquadDataError, FileNotFoundError)

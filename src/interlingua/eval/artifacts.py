@@ -1,0 +1,97 @@
+"""Results as artifacts: every results file is stamped with the resolved config, git hash and versions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from interlingua.config import Config, config_to_dict, save_config
+from interlingua.constants import RESOLVED_CONFIG_FILE
+
+_VERSIONED = ("interlingua", "torch", "transformers", "accelerate", "sentence-transformers", "safetensors", "gguf")
+
+
+def git_hash() -> str | None:
+    """Commit of the source tree (``+dirty`` if it has uncommitted changes), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_info(config: Config, command: str) -> dict:
+    """What produced a result: command line, config, code version, libraries, machine, time."""
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_hash(),
+        "versions": library_versions(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "config": config_to_dict(config),
+    }
+
+
+def prepare_run_dir(config: Config, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / RESOLVED_CONFIG_FILE)
+    return out_dir
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def gzip_bytes(text: str) -> int:
+    """Size of the text gzip-compressed at level 9 (header included): the honest byte count of
+    sending the prompt compressed."""
+    return len(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

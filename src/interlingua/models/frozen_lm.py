@@ -1,0 +1,265 @@
+"""A frozen causal LM seen through the two ways interlingua uses it.
+
+* conditioned by a **soft prompt**: ``[BOS?] + soft prompt (M) + answer cue`` (DESIGN §2, §4.5);
+* conditioned by a **text prompt** (baselines and the KD teacher), raw or inside the chat template.
+
+Both become a *prefix* of input embeddings, left-padded with an attention mask, so one code path
+serves training (logits at the answer positions only, DESIGN §4.6) and greedy generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from interlingua.config import ModelConfig, PromptFormat
+from interlingua.constants import ANSWER_CUE, CHAT_SYSTEM_INSTRUCTION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prefix:
+    """Input embeddings ``(B, P, d)`` and their mask ``(B, P)``; padding is on the left."""
+
+    embeddings: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+
+@dataclass
+class Targets:
+    """Answer tokens ``(B, K)`` (no special tokens) and which of them are real ``(B, K)``."""
+
+    ids: Tensor
+    mask: Tensor
+
+
+class FrozenLM:
+    """A causal LM and its tokenizer, frozen (eval mode, ``requires_grad=False``).
+
+    Args:
+        model: a ``*ForCausalLM`` from transformers.
+        tokenizer: its tokenizer.
+        key: the model spec; names the model in configs, checkpoints and reports.
+        prompt_format: how text prompts are shown (``auto`` = chat template if there is one).
+    """
+
+    def __init__(self, model, tokenizer, key: str, prompt_format: PromptFormat = PromptFormat.AUTO):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.key = key
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if prompt_format == PromptFormat.CHAT and not has_template:
+            raise ValueError(
+                f"{key}: prompt_format is 'chat' but its tokenizer has no chat template; "
+                "set models.N.prompt_format=raw"
+            )
+        if prompt_format == PromptFormat.AUTO:
+            prompt_format = PromptFormat.CHAT if has_template else PromptFormat.RAW
+        self.prompt_format = prompt_format
+
+    @classmethod
+    def load(cls, config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FrozenLM":
+        from interlingua.models.registry import load_causal_lm
+
+        model, tokenizer = load_causal_lm(config.spec, dtype=dtype, device=device)
+        return cls(model, tokenizer, key=config.spec, prompt_format=config.prompt_format)
+
+    # ---- basic facts -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """The BOS id if this tokenizer puts one in front of a text, else None."""
+        ids = self.tokenizer("a").input_ids
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None and ids and ids[0] == bos else None
+
+    @cached_property
+    def embedding_rms(self) -> float:
+        """RMS of the input embeddings over the whole vocabulary, as the model sees them
+        (Gemma's ``sqrt(d)`` scaling included). Soft prompts are calibrated to it (DESIGN §4.1)."""
+        embed = self.model.get_input_embeddings()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, embed.num_embeddings, 16384):
+                ids = torch.arange(start, min(start + 16384, embed.num_embeddings), device=self.device)
+                chunk = embed(ids).float()
+                total += chunk.pow(2).sum().item()
+                count += chunk.numel()
+        return (total / count) ** 0.5
+
+    @cached_property
+    def newline_token_ids(self) -> Tensor:
+        """Ids whose text contains a newline: decoding stops on them (DESIGN §5)."""
+        vocab_size = len(self.tokenizer)
+        texts = self.tokenizer.batch_decode([[i] for i in range(vocab_size)])
+        ids = [i for i, text in enumerate(texts) if "\n" in text]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    # ---- tokens and embeddings ---------------------------------------------------------------
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids ``(B, T)`` -> input embeddings ``(B, T, d)``."""
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def format_prompt(self, text: str) -> str:
+        """The string the model reads for a text prompt: as is, or inside the chat template."""
+        if self.prompt_format == PromptFormat.RAW:
+            return text
+        messages = [{"role": "system", "content": CHAT_SYSTEM_INSTRUCTION}, {"role": "user", "content": text}]
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role (e.g. Gemma) raise; fold it into the turn
+            merged = [{"role": "user", "content": f"{CHAT_SYSTEM_INSTRUCTION}\n\n{text}"}]
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def prompt_token_ids(self, text: str) -> list[int]:
+        """Token ids the model reads for text prompt ``text`` (BOS and chat template included)."""
+        if not text.strip():
+            raise ValueError(f"{self.key}: empty prompt; a text prompt needs at least one non-space character")
+        if self.prompt_format == PromptFormat.CHAT:
+            # The template already writes any BOS it wants.
+            return self.tokenizer(self.format_prompt(text), add_special_tokens=False).input_ids
+        return self.tokenizer(text).input_ids
+
+    def tokenize_plain(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Texts without special tokens, right-padded: ids ``(B, T)``, mask ``(B, T)`` bool.
+
+        This is what the AlignmentTransformer reads (the model's own frozen token embeddings)."""
+        batch = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="right")
+        return batch.input_ids.to(self.device), batch.attention_mask.bool().to(self.device)
+
+    def answer_targets(self, answers: list[str], k: int) -> Targets:
+        """The first ``k`` tokens of ``" " + answer + "\\n"`` (no special tokens, so BOS is never a
+        target, DESIGN §4.5). The newline teaches the model where to stop; rows shorter than ``k``
+        are masked."""
+        ids = torch.full((len(answers), k), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(answers), k), dtype=torch.bool)
+        for row, answer in enumerate(answers):
+            tokens = self.tokenizer(" " + answer.strip() + "\n", add_special_tokens=False).input_ids[:k]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = True
+        return Targets(ids.to(self.device), mask.to(self.device))
+
+    # ---- prefixes ----------------------------------------------------------------------------
+    def soft_prefix(self, soft_prompt: Tensor) -> Prefix:
+        """``[BOS?] + soft prompt + embed(answer cue)``: ``(B, M, d)`` -> prefix ``(B, b + M + c, d)``."""
+        batch = soft_prompt.shape[0]
+        cue_ids = self.tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+        if self.bos_id is not None:
+            head = self.embed(torch.tensor([[self.bos_id]], device=self.device)).expand(batch, -1, -1)
+        else:
+            head = soft_prompt.new_zeros(batch, 0, self.hidden_size)
+        cue = self.embed(torch.tensor([cue_ids], device=self.device)).expand(batch, -1, -1)
+        embeddings = torch.cat([head, soft_prompt.to(self.dtype), cue], dim=1)  # (B, b + M + c, d)
+        mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=self.device)
+        return Prefix(embeddings, mask)
+
+    def text_prefix(self, prompts: list[str]) -> Prefix:
+        """Text prompts (formatted per ``prompt_format``), left-padded: prefix ``(B, P, d)``."""
+        token_lists = [self.prompt_token_ids(p) for p in prompts]
+        return self.ids_prefix(token_lists)
+
+    def ids_prefix(self, token_lists: list[list[int]]) -> Prefix:
+        width = max(len(t) for t in token_lists)
+        ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(token_lists), width), dtype=torch.bool)
+        for row, tokens in enumerate(token_lists):
+            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens):] = True
+        return Prefix(self.embed(ids), mask.to(self.device))
+
+    # ---- forward and generation -------------------------------------------------------------
+    def target_logits(self, prefix: Prefix, targets: Targets) -> Tensor:
+        """Teacher-forced logits that predict each target token, in one forward pass.
+
+        Args:
+            prefix: left-padded prefix ``(B, P, d)``.
+            targets: ``(B, K)`` answer tokens.
+        Returns:
+            ``(B, K, V)`` logits (fp32); row ``j`` predicts ``targets.ids[:, j]``. The LM head runs on
+            these ``B·K`` positions only.
+        """
+        target_embeddings = self.embed(targets.ids)  # (B, K, d)
+        embeddings = torch.cat([prefix.embeddings, target_embeddings], dim=1)  # (B, P + K, d)
+        # Target padding sits after the real targets, so causal attention already hides it from them.
+        mask = torch.cat([prefix.mask, torch.ones_like(targets.mask)], dim=1)
+        hidden = self._hidden_states(embeddings, mask)  # (B, P + K, d)
+        width = prefix.embeddings.shape[1]
+        k = targets.ids.shape[1]
+        positions = hidden[:, width - 1 : width - 1 + k]  # (B, K, d)
+        return self._lm_head(positions)
+
+    def _hidden_states(self, embeddings: Tensor, mask: Tensor) -> Tensor:
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding -> real tokens start at 0
+        out = self.model.base_model(
+            inputs_embeds=embeddings, attention_mask=mask.long(), position_ids=position_ids, use_cache=False
+        )
+        return out.last_hidden_state
+
+    def _lm_head(self, hidden: Tensor) -> Tensor:
+        logits = self.model.get_output_embeddings()(hidden).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def generate(self, prefix: Prefix, max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers from a prefix, cut at the first newline and stripped (DESIGN §5)."""
+        texts = self.tokenizer.batch_decode(self.generate_ids(prefix, max_new_tokens), skip_special_tokens=True)
+        return [text.split("\n")[0].strip() for text in texts]
+
+    @torch.no_grad()
+    def generate_ids(self, prefix: Prefix, max_new_tokens: int = 16) -> Tensor:
+        """Greedy decoding with a KV cache; rows stop independently at EOS or a newline token.
+
+        Returns:
+            ``(B, n)`` new token ids; rows that stopped early are filled with the pad id.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        newline_ids = self.newline_token_ids
+
+        class StopAtNewline(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # (B, t) generated so far -> (B,) done
+                return torch.isin(input_ids[:, -1], newline_ids)
+
+        output = self.model.generate(
+            inputs_embeds=prefix.embeddings,
+            attention_mask=prefix.mask.long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([StopAtNewline()]),
+        )
+        return output  # (B, n): with inputs_embeds, generate returns only the new tokens
+
+    def generate_from_text(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
+        return self.generate(self.text_prefix(prompts), max_new_tokens)
+
+    def generate_from_soft_prompt(self, soft_prompt: Tensor, max_new_tokens: int = 16) -> list[str]:
+        return self.generate(self.soft_prefix(soft_prompt), max_new_tokens)

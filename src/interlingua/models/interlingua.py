@@ -1,0 +1,179 @@
+"""The learned part of the system: one AlignmentTransformer and one InterlinguaAdapter per LLM.
+
+Checkpoints hold only these modules (DESIGN §3), ``save_pretrained`` / ``from_pretrained`` style:
+``interlingua_config.json`` (everything needed to rebuild the modules and to check that the frozen
+models in use are the ones it was trained with) + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from interlingua.config import AnchorKind, InterlinguaConfig, Pooling
+from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
+from interlingua.models.adapter import InterlinguaAdapter
+from interlingua.models.aligner import AlignmentTransformer, module_key
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt, or does not match the models in use."""
+
+
+@dataclass
+class FrozenModelInfo:
+    """What the learned modules need to know about one frozen LLM."""
+
+    spec: str
+    hidden_size: int
+    embedding_rms: float
+
+
+@dataclass
+class InterlinguaSpec:
+    """Everything that defines the learned modules' shapes; stored in the checkpoint."""
+
+    models: list[FrozenModelInfo]
+    encoder: str
+    d_sem: int
+    interlingua: InterlinguaConfig = field(default_factory=InterlinguaConfig)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["interlingua"] = {k: (v.value if hasattr(v, "value") else v) for k, v in data["interlingua"].items()}
+        return {"format_version": FORMAT_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InterlinguaSpec":
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raw = dict(data["interlingua"])
+        raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
+        return cls(
+            models=[FrozenModelInfo(**m) for m in data["models"]], encoder=data["encoder"], d_sem=data["d_sem"],
+            interlingua=InterlinguaConfig(**raw),
+        )
+
+
+class InterlinguaModel(nn.Module):
+    """AlignmentTransformer + per-model adapters.
+
+    Args:
+        spec: frozen-model facts and the interlingua shape.
+    """
+
+    def __init__(self, spec: InterlinguaSpec):
+        super().__init__()
+        self.spec = spec
+        cfg = spec.interlingua
+        self.aligner = AlignmentTransformer({m.spec: m.hidden_size for m in spec.models}, spec.d_sem, cfg)
+        self.adapters = nn.ModuleDict({
+            module_key(m.spec): InterlinguaAdapter(
+                cfg.d_inter, m.hidden_size, cfg.num_slots, m.embedding_rms, pooled=cfg.pooling == Pooling.MEAN
+            )
+            for m in spec.models
+        })
+
+    @property
+    def model_keys(self) -> list[str]:
+        return [m.spec for m in self.spec.models]
+
+    def encode(self, model_key: str, token_embeddings, token_mask, anchor, anchor_mask=None) -> torch.Tensor:
+        """Frozen token embeddings of ``model_key`` -> z: ``(B, d_inter)`` or ``(B, M, d_inter)``."""
+        return self.aligner(model_key, token_embeddings, token_mask, anchor, anchor_mask)
+
+    def soft_prompt(self, model_key: str, z: torch.Tensor) -> torch.Tensor:
+        """z -> soft prompt ``(B, M, d_m)`` in ``model_key``'s embedding space (any sender's z)."""
+        if module_key(model_key) not in self.adapters:
+            raise KeyError(f"no adapter for model {model_key!r}; this interlingua has: {', '.join(self.model_keys)}")
+        return self.adapters[module_key(model_key)](z)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config JSON + safetensors into ``directory`` atomically (a crash never leaves a
+        half-written checkpoint under the final name)."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(tmp / CHECKPOINT_WEIGHTS_FILE))
+        (tmp / CHECKPOINT_CONFIG_FILE).write_text(json.dumps(self.spec.to_json(), indent=2) + "\n")
+        _replace_dir(tmp, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "InterlinguaModel":
+        """Rebuild from a checkpoint folder.
+
+        Raises:
+            CheckpointError: missing folder or files, unreadable JSON, truncated or corrupt weights,
+                missing or unexpected tensors, or tensors of the wrong shape.
+        """
+        directory = Path(directory)
+        config_path, weights_path = directory / CHECKPOINT_CONFIG_FILE, directory / CHECKPOINT_WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)")
+        try:
+            spec = InterlinguaSpec.from_json(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{config_path}: unreadable checkpoint config ({err})") from None
+        try:
+            tensors = load_file(str(weights_path), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise CheckpointError(f"{weights_path}: truncated or corrupt weights ({err})") from None
+        model = cls(spec)
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"{weights_path}: weights do not match {config_path.name} "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]})"
+            )
+        model.load_state_dict(tensors)
+        return model.to(map_location)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights: names the checkpoint that produced a wire message."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def check_frozen_models(self, infos: list[FrozenModelInfo]) -> None:
+        """Raise CheckpointError unless ``infos`` are the frozen models this interlingua was trained with."""
+        trained = {m.spec: m for m in self.spec.models}
+        given = {m.spec: m for m in infos}
+        if set(trained) != set(given):
+            raise CheckpointError(
+                f"checkpoint was trained for models {sorted(trained)}, but the config has {sorted(given)}; "
+                "use the checkpoint's models (see its interlingua_config.json) or retrain"
+            )
+        for spec, info in given.items():
+            if info.hidden_size != trained[spec].hidden_size:
+                raise CheckpointError(
+                    f"{spec}: hidden size {info.hidden_size} differs from the checkpoint's {trained[spec].hidden_size}"
+                )
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only after ``tmp`` is complete."""
+    old = final.with_name(final.name + f".old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        for child in old.iterdir():
+            child.unlink()
+        old.rmdir()

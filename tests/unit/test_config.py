@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from interlingua.config import SHIPPED_CONFIG_DIR, Config, ConfigError, PromptFormat, load_config, save_config
+
+SHIPPED = sorted(SHIPPED_CONFIG_DIR.glob("*.yaml"))
+
+
+def test_three_configs_are_shipped():
+    assert {p.stem for p in SHIPPED} >= {"tiny", "embedded", "llama-qwen"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_starts_with_its_command(path: Path):
+    config = load_config(str(path))
+    assert isinstance(config, Config) and config.models
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Run:") and "interlingua" in first
+
+
+def test_load_by_name_equals_load_by_path():
+    assert load_config("embedded") == load_config(str(SHIPPED_CONFIG_DIR / "embedded.yaml"))
+
+
+def test_overrides_are_typed_and_reach_list_entries():
+    config = load_config("embedded", ["train.lr=1e-4", "eval.limit=null", "models.1.prompt_format=chat"])
+    assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
+    assert config.eval.limit is None
+    assert config.models[1].prompt_format is PromptFormat.CHAT
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lrr=1", "unknown key 'train.lrr'"),
+        ("nope.x=1", "unknown key 'nope.x'"),
+        ("train.lr=fast", "train.lr"),
+        ("models.0.prompt_format=html", "models.0.prompt_format"),
+        ("interlingua.d_inter=100", "interlingua.d_inter (100) must be divisible by interlingua.n_heads"),
+        ("train.steps=0", "train.steps must be positive"),
+        ("train.warmup_steps=999", "train.warmup_steps"),
+        ("runtime.device=tpu", "runtime.device"),
+        ("eval.limit=-3", "eval.limit"),
+        ("justtext", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config("embedded", [override])
+    assert expected in str(info.value)
+
+
+def test_unknown_key_in_yaml_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmodels: [{spec: tiny-llama}]\ntrain:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "learning_rate" in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_config_lists_shipped_ones():
+    with pytest.raises(ConfigError) as info:
+        load_config("does-not-exist")
+    assert "embedded" in str(info.value) and "tiny" in str(info.value)
+
+
+def test_empty_models_and_duplicates_are_rejected(tmp_path):
+    for text, expected in [("name: x\nmodels: []\n", "models is empty"),
+                           ("name: x\nmodels: [{spec: a}, {spec: a}]\n", "same spec twice")]:
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=expected):
+            load_config(str(path))
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    config = load_config("tiny", ["train.lr=0.002"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == config
