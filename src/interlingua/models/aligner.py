@@ -175,6 +175,11 @@ class AlignmentTransformer(nn.Module):
                 (None = all real).
         Returns:
             (B, d_inter); for token anchors the projection of the masked mean of the token states.
+
+        The projection keeps norms, and the result is multiplied by ``sqrt(d_inter)``: a unit-norm
+        sentence embedding then has RMS 1 in the interlingua space, the scale of the aligner's
+        LayerNorm-ed outputs. Without it (RMS ``1/sqrt(d_inter)``) the anchor loss would mostly ask
+        ``z`` to shrink toward 0, one of the trivial minima of DESIGN §4.4.
         """
         if anchor.dim() == 3:
             if anchor_mask is None:
@@ -183,7 +188,8 @@ class AlignmentTransformer(nn.Module):
             anchor = masked_mean(anchor, mask)  # (B, d_sem)
         if anchor.dim() != 2 or anchor.shape[-1] != self.d_sem:
             raise ValueError(f"anchor must be (B, {self.d_sem}) or (B, S, {self.d_sem}), got {tuple(anchor.shape)}")
-        return anchor.to(self.anchor_target_proj.dtype) @ self.anchor_target_proj.T  # (B, d_inter)
+        projected = anchor.to(self.anchor_target_proj.dtype) @ self.anchor_target_proj.T  # (B, d_inter)
+        return projected * math.sqrt(self.config.d_inter)
 
     def _anchor_keys(
         self, anchor: torch.Tensor, anchor_mask: torch.Tensor | None

@@ -75,6 +75,7 @@ class InterlinguaModel(nn.Module):
     def __init__(self, spec: InterlinguaSpec):
         super().__init__()
         self.spec = spec
+        self._embedding_rms = {m.spec: m.embedding_rms for m in spec.models}
         cfg = spec.interlingua
         self.aligner = AlignmentTransformer({m.spec: m.hidden_size for m in spec.models}, spec.d_sem, cfg)
         self.adapters = nn.ModuleDict({
@@ -89,8 +90,13 @@ class InterlinguaModel(nn.Module):
         return [m.spec for m in self.spec.models]
 
     def encode(self, model_key: str, token_embeddings, token_mask, anchor, anchor_mask=None) -> torch.Tensor:
-        """Frozen token embeddings of ``model_key`` -> z: ``(B, d_inter)`` or ``(B, M, d_inter)``."""
-        return self.aligner(model_key, token_embeddings, token_mask, anchor, anchor_mask)
+        """Frozen token embeddings of ``model_key`` -> z: ``(B, d_inter)`` or ``(B, M, d_inter)``.
+
+        Embeddings are divided by the model's embedding RMS first: raw RMS ranges from ~0.02 (Llama
+        init) to ~1 (Gemma's scaled embeddings), and at 0.02 the input projection's bias and the
+        anchor drown the tokens out, so every prompt starts with nearly the same ``z``."""
+        scale = self._embedding_rms[model_key]
+        return self.aligner(model_key, token_embeddings / scale, token_mask, anchor, anchor_mask)
 
     def soft_prompt(self, model_key: str, z: torch.Tensor) -> torch.Tensor:
         """z -> soft prompt ``(B, M, d_m)`` in ``model_key``'s embedding space (any sender's z)."""
