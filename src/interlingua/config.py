@@ -294,10 +294,28 @@ def load_config(name_or_path: str, overrides: Optional[List[str]] = None) -> Con
         from_file = OmegaConf.load(path)
     except Exception as err:  # yaml errors of several kinds
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return _build_config(from_file, overrides, str(path))
+
+
+def config_from_dict(data: dict, overrides: Optional[List[str]] = None, origin: str = "config") -> Config:
+    """A config from a plain dict (e.g. the one stored in a checkpoint) plus ``key=value`` overrides.
+
+    Args:
+        data: nested dict as written by :func:`config_to_dict`.
+        overrides: ``key=value`` strings applied on top.
+        origin: names the source of ``data`` in error messages.
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    return _build_config(OmegaConf.create(data), overrides, origin)
+
+
+def _build_config(source, overrides: Optional[List[str]], origin: str) -> Config:
+    """Dataclass defaults <- ``source`` (an OmegaConf node) <- overrides, validated."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), from_file)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), source)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: bad key {_key_of(err)!r}: {_first_line(err)}") from None
+        raise ConfigError(f"{origin}: bad key {_key_of(err)!r}: {_first_line(err)}") from None
     for text in overrides or []:
         key, value = parse_override(text)
         if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
@@ -313,7 +331,7 @@ def load_config(name_or_path: str, overrides: Optional[List[str]] = None) -> Con
     except OmegaConfBaseException as err:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__ from None
-        raise ConfigError(f"{path}: bad value for {_key_of(err)!r}: {_first_line(err)}") from None
+        raise ConfigError(f"{origin}: bad value for {_key_of(err)!r}: {_first_line(err)}") from None
     assert isinstance(config, Config)
     return config
 

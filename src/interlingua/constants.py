@@ -12,12 +12,18 @@ METRICS_FILE = "metrics.json"
 METRICS_LOG_FILE = "metrics.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 REPORT_FILE = "report.md"
+CROSS_DECODE_PLOT = "cross_decode.png"
+F1_BY_ROW_PLOT = "f1_by_row.png"
+EVAL_SUBDIR = "eval"  # eval results of <run>/step_N go to <run>/eval/step_N (never inside a checkpoint)
 
 # Checkpoint files (save_pretrained / from_pretrained layout).
 CHECKPOINT_CONFIG_FILE = "interlingua_config.json"
 CHECKPOINT_WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 OPTIMIZER_STATE_FILE = "optimizer.safetensors"
+RUN_INFO_FILE = "run_info.json"  # command, git hash, versions, machine of a training run
+LATEST_CHECKPOINT_FILE = "latest"  # text: the folder name of the newest complete checkpoint
+CHECKPOINT_DIR_FORMAT = "step_{step:06d}"  # checkpoint folders inside a training run
 
 # SQuAD v1.1.
 SQUAD_HUB_ID = "rajpurkar/squad"

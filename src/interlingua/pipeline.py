@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interlingua.config import AnchorKind
+from interlingua.config import AnchorKind, Config
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import FrozenModelInfo, InterlinguaModel
 
@@ -29,6 +29,22 @@ class Anchor:
 
 def frozen_model_info(lm: FrozenLM) -> FrozenModelInfo:
     return FrozenModelInfo(spec=lm.key, hidden_size=lm.hidden_size, embedding_rms=lm.embedding_rms)
+
+
+def load_frozen_models(config: Config, device: torch.device, dtype: torch.dtype):
+    """The frozen LLMs of ``config.models`` (in config order) and its sentence encoder, loaded together.
+
+    Args:
+        config: names the models (``models.N.spec``, ``models.N.prompt_format``) and ``encoder``.
+        device: where everything runs.
+        dtype: weights of the frozen LLMs (``runtime.frozen_dtype``).
+    Returns:
+        ``({spec: FrozenLM}, SentenceEncoder)``.
+    """
+    from interlingua.models.encoder import SentenceEncoder
+
+    lms = {m.spec: FrozenLM.load(m, device=device, dtype=dtype) for m in config.models}
+    return lms, SentenceEncoder(config.encoder, device=device)
 
 
 class InterlinguaSystem:

@@ -25,5 +25,9 @@ def test_official_counts_and_unique_ids(squad_dir):
 
 
 def test_seeded_order_is_stable(squad_dir):
-    first = load_squad("validation", squad_dir, limit=2, seed=0)
-    assert [e.id for e in first] == ["56e0c0c7231d4119001ac375", load_squad("validation", squad_dir, seed=0)[1].id]
+    # Observed once and pinned: a change here means the flattening or the shuffle changed.
+    validation = load_squad("validation", squad_dir, limit=2, seed=0)
+    assert [e.id for e in validation] == ["56e0c0c7231d4119001ac375", "572ffabf04bcaa1900d76f9f"]
+    assert validation[0].question == "What was Tesla's brother's name?"
+    assert load_squad("train", squad_dir, limit=1, seed=0)[0].id == "recon-train-001-000-06"
+    assert [e.id for e in load_squad("validation", squad_dir, seed=0)[:2]] == [e.id for e in validation]

@@ -54,6 +54,15 @@ def test_missing_file_in_folder_names_folder_and_files(tmp_path):
     assert str(tmp_path) in str(info.value) and "dev-v1.1.json" in str(info.value)
 
 
+def test_missing_source_path_says_what_to_set(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SquadDataError) as info:
+        load_squad("validation", str(missing))
+    message = str(info.value)
+    assert str(missing) in message and "neither a file nor a folder" in message
+    assert "data.source" in message and "dev-v1.1.json" in message
+
+
 def test_hub_failure_says_how_to_use_local_files(monkeypatch):
     import datasets
 

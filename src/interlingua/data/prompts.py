@@ -38,3 +38,18 @@ def budgeted_text_prompt(tokenizer, context: str, question: str, budget: int) ->
         return BudgetedPrompt(text_prompt(context, question), context_truncated=False)
     kept = tokenizer.decode(context_ids[:room], skip_special_tokens=True).strip() if room else ""
     return BudgetedPrompt(text_prompt(kept, question), context_truncated=True)
+
+
+def shared_text_prompt(tokenizers, context: str, question: str, budget: int) -> str:
+    """The one text prompt every model of a run reads: the shortest of the per-tokenizer cuts, so it
+    fits ``budget`` tokens in each tokenizer. Training and the latent evaluation send this text.
+
+    Args:
+        tokenizers: the tokenizers of every model, in config order.
+        context, question: one SQuAD example.
+        budget: ``data.max_prompt_tokens``.
+    Returns:
+        The prompt text (``Context: …\\nQuestion: …\\nAnswer:``).
+    """
+    cuts = [budgeted_text_prompt(tokenizer, context, question, budget).text for tokenizer in tokenizers]
+    return min(cuts, key=len)

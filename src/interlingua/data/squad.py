@@ -40,6 +40,9 @@ def load_squad(split: str, source: str = "auto", limit: int | None = None, seed:
         source: ``auto`` ($INTERLINGUA_SQUAD_DIR if set, else the hub), ``hub``, or a JSON file / folder.
         limit: examples kept after the seeded shuffle; None keeps all.
         seed: seed of the shuffle.
+    Returns:
+        The examples in file order shuffled by ``random.Random(seed)``, then the first ``limit``. Hub rows
+        come in the official JSON's order, so the hub and local files give the identical list per seed.
     Raises:
         SquadDataError: unknown split, missing or malformed file, unreachable hub.
     """

@@ -116,8 +116,15 @@ def run_baselines(
     for model_config in config.models:
         lm = FrozenLM.load(model_config, device=device, dtype=dtype)
         formats[lm.key] = lm.prompt_format.value
-        for mode in BASELINE_MODES:
-            rows += evaluate_text_mode(lm, examples, mode, config, progress=progress)
+        rows += evaluate_baselines(lm, examples, config, progress=progress)
         del lm
         gc.collect()
     return rows, formats
+
+
+def evaluate_baselines(lm: FrozenLM, examples: Sequence[SquadExample], config: Config, progress: bool = True) -> list[dict]:
+    """Rows of every mode in :data:`BASELINE_MODES` for one loaded model (``len(examples)`` per mode)."""
+    rows: list[dict] = []
+    for mode in BASELINE_MODES:
+        rows += evaluate_text_mode(lm, examples, mode, config, progress=progress)
+    return rows

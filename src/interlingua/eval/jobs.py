@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
-from interlingua.config import Config
-from interlingua.constants import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
+from omegaconf import OmegaConf
+
+from interlingua.config import Config, config_from_dict, config_to_dict, replace
+from interlingua.constants import (
+    CROSS_DECODE_PLOT, EVAL_SUBDIR, F1_BY_ROW_PLOT, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE,
+    RESOLVED_CONFIG_FILE, TRAINER_STATE_FILE,
+)
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json, write_jsonl
-from interlingua.eval.baselines import run_baselines, summarize
-from interlingua.eval.report import baselines_report
+from interlingua.eval.baselines import evaluate_baselines, run_baselines, summarize
+from interlingua.eval.latent import evaluate_latent, information_flow
+from interlingua.eval.plots import plot_cross_decode, plot_f1_by_row
+from interlingua.eval.report import baselines_report, eval_report
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel
+from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def validation_examples(config: Config):
@@ -30,3 +43,118 @@ def baselines_job(config: Config, progress: bool = True) -> Path:
     write_json(out_dir / METRICS_FILE, {"run": info, "n": len(examples), "prompt_formats": formats, "baselines": summary})
     (out_dir / REPORT_FILE).write_text(baselines_report(summary, formats, info))
     return out_dir
+
+
+def eval_job(
+    checkpoint_dir: Path,
+    config: Config | None = None,
+    overrides: list[str] | None = None,
+    limit: int | None = None,
+    output_dir: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """``interlingua eval``: baselines and latent rows of one checkpoint on the same validation examples.
+
+    Args:
+        checkpoint_dir: a ``step_N/`` folder (``InterlinguaModel.save_pretrained`` layout).
+        config: the run config; default: the one stored with the checkpoint (:func:`checkpoint_config`).
+        overrides: ``key=value`` strings applied on top of either config.
+        limit: validation examples (sets ``eval.limit``).
+        output_dir: results folder; default ``<run>/eval/<step_N>`` beside the checkpoints (the stored
+            ``runtime.output_dir`` is the training run's own folder, so it is not used).
+        progress: show progress bars.
+    Returns:
+        the results folder: metrics.json, predictions.jsonl, report.md, config.yaml and the plots.
+    Raises:
+        CheckpointError: unreadable checkpoint, or one trained for other models or another encoder.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    config = checkpoint_config(checkpoint_dir, config, list(overrides or []) + _limit_override(limit))
+    device = resolve_device(config.runtime.device)
+    model = InterlinguaModel.from_pretrained(checkpoint_dir, map_location=device)
+    config = check_checkpoint_config(model, config, checkpoint_dir)
+    seed_everything(config.runtime.seed)
+    info = run_info(config, "eval")  # before running: the git hash of the code that ran
+    system = InterlinguaSystem(model, *load_frozen_models(config, device, frozen_dtype(device)))
+    out_dir = prepare_run_dir(config, Path(output_dir or checkpoint_dir.parent / EVAL_SUBDIR / checkpoint_dir.name))
+    examples = validation_examples(config)
+    baseline_rows = [row for lm in system.lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
+    latent_rows, latent = evaluate_latent(system, examples, config, text_rows=baseline_rows, progress=progress)
+    baselines = summarize(baseline_rows)
+    metrics = {
+        "run": info,
+        "n": len(examples),
+        "checkpoint": {"path": str(checkpoint_dir.resolve()), "fingerprint": model.fingerprint()},
+        "prompt_formats": {key: lm.prompt_format.value for key, lm in system.lms.items()},
+        "baselines": baselines,
+        "latent": latent,
+        "information_flow": information_flow(baselines, latent),
+    }
+    write_jsonl(out_dir / PREDICTIONS_FILE, baseline_rows + latent_rows)
+    write_json(out_dir / METRICS_FILE, metrics)
+    (out_dir / REPORT_FILE).write_text(eval_report(metrics))
+    plot_cross_decode(latent["cross_decode"], out_dir / CROSS_DECODE_PLOT)
+    plot_f1_by_row(baselines, latent, out_dir / F1_BY_ROW_PLOT)
+    return out_dir
+
+
+def _limit_override(limit: int | None) -> list[str]:
+    return [f"eval.limit={limit}"] if limit is not None else []
+
+
+def checkpoint_config(checkpoint_dir: Path, config: Config | None = None, overrides: list[str] | None = None) -> Config:
+    """The config to evaluate a checkpoint with: ``config`` if given, else the one stored with it, then
+    ``overrides`` on top.
+
+    The stored config is looked up in the checkpoint's ``trainer_state.json`` (key ``config``: exactly the
+    config that produced these weights, even after a resume with changes) and then in the run folder's
+    ``config.yaml``.
+
+    Raises:
+        CheckpointError: no config given and none stored.
+        ConfigError: a bad override.
+    """
+    if config is not None:
+        return config_from_dict(config_to_dict(config), overrides, origin=f"config {config.name!r}")
+    data, origin = _stored_config(Path(checkpoint_dir))
+    return config_from_dict(data, overrides, origin=str(origin))
+
+
+def _stored_config(checkpoint_dir: Path) -> tuple[dict, Path]:
+    state_path = checkpoint_dir / TRAINER_STATE_FILE
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{state_path}: not valid JSON ({err})") from None
+        if isinstance(state.get("config"), dict):
+            return state["config"], state_path
+    run_config = checkpoint_dir.parent / RESOLVED_CONFIG_FILE
+    if run_config.is_file():
+        return OmegaConf.to_container(OmegaConf.load(run_config)), run_config
+    raise CheckpointError(
+        f"{checkpoint_dir}: no stored config (looked for 'config' in {state_path} and for {run_config}); "
+        "pass the run's config explicitly (--config NAME)"
+    )
+
+
+def check_checkpoint_config(model: InterlinguaModel, config: Config, checkpoint_dir: Path) -> Config:
+    """Check that ``config`` names the frozen models and encoder ``model`` was trained with (before
+    loading any of them), and take the interlingua shape from the checkpoint.
+
+    Returns:
+        ``config`` with ``interlingua`` = the checkpoint's (it sets M for the token-budget baseline).
+    Raises:
+        CheckpointError: other models or another encoder; the message lists both sides.
+    """
+    trained, named = model.model_keys, [m.spec for m in config.models]
+    if sorted(trained) != sorted(named) or model.spec.encoder != config.encoder:
+        raise CheckpointError(
+            f"{checkpoint_dir} was trained with models {trained} and encoder {model.spec.encoder!r}, but the config "
+            f"names models {named} and encoder {config.encoder!r}; evaluate with the checkpoint's own config "
+            "(omit --config) or set models.N.spec / encoder to match"
+        )
+    if config.interlingua != model.spec.interlingua:
+        log.warning("config interlingua section differs from the checkpoint's; using the checkpoint's: %s",
+                    model.spec.interlingua)
+    return replace(config, interlingua=model.spec.interlingua)
