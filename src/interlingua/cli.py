@@ -35,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
     p.set_defaults(func=cmd_baselines)
 
+    p = sub.add_parser("eval", help="latent evaluation of a checkpoint next to the baselines, with controls")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a step_N/ checkpoint folder")
+    p.add_argument("--config", "-c", default=None, help="config name or path (default: the one stored with the checkpoint)")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="reuse the baseline rows of an earlier `baselines` or `eval` run on the same examples")
+    p.add_argument("--output-dir", "-o", default=None, help="results folder (default <run>/eval/<step_N>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_common(p)
     p.set_defaults(func=cmd_config)
@@ -71,6 +84,20 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     extra = [f"eval.limit={args.limit}"] if args.limit is not None else []
     config = resolve_config(args, extra)
     out_dir = baselines_job(config, progress=not args.quiet)
+    print(f"\nwrote {out_dir}/")
+    print((out_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from interlingua.eval.jobs import eval_job
+
+    config = load_config(args.config) if args.config else None
+    out_dir = eval_job(
+        args.checkpoint, config=config, overrides=list(args.set_overrides) + list(args.overrides), limit=args.limit,
+        output_dir=Path(args.output_dir) if args.output_dir else None, baselines_dir=args.baselines,
+        progress=not args.quiet,
+    )
     print(f"\nwrote {out_dir}/")
     print((out_dir / "report.md").read_text())
     return 0

@@ -2,6 +2,10 @@
 
 from interlingua.config import ConfigError
 from interlingua.data.squad import SquadDataError
+from interlingua.eval.reuse import BaselineReuseError
+from interlingua.models.interlingua import CheckpointError
 from interlingua.models.registry import ModelSpecError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ModelSpecError, SquadDataError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, FileNotFoundError,
+)

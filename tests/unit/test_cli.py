@@ -73,3 +73,8 @@ def test_missing_data_file_in_folder_is_named(tmp_path, capsys):
 def test_config_command_prints_the_resolved_config(capsys):
     code, stdout, _ = run_cli(["config", "-c", "tiny", "--set", "train.lr=0.5"], capsys)
     assert code == 0 and "lr: 0.5" in stdout
+
+
+def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "nope"), "-q"], capsys)
+    assert code == 2 and "not an interlingua checkpoint" in err and "Traceback" not in err

@@ -219,3 +219,31 @@ def test_latent_predictions_do_not_depend_on_the_batch_size(tiny_model, tiny_lms
         return [(r["id"], r["model"], r["sender"], r["mode"], r["prediction"]) for r in rows]
 
     assert predictions(1) == predictions(4)
+
+
+# ---- reusing stored baseline rows --------------------------------------------------------------
+def test_reused_baselines_equal_recomputed_ones(checkpoint, job_dir, tmp_path):
+    reused = eval_job(checkpoint, limit=N_EXAMPLES - 1, output_dir=tmp_path / "reuse", baselines_dir=job_dir,
+                      progress=False)
+    fresh = eval_job(checkpoint, limit=N_EXAMPLES - 1, output_dir=tmp_path / "fresh", progress=False)
+    reused_metrics = json.loads((reused / METRICS_FILE).read_text())
+    assert reused_metrics["baselines"] == json.loads((fresh / METRICS_FILE).read_text())["baselines"]
+    assert reused_metrics["baselines_from"] == str(job_dir.resolve())
+    assert read_rows(reused) == read_rows(fresh)
+
+
+@pytest.mark.parametrize(
+    "overrides, limit, expected",
+    [
+        (["eval.max_new_tokens=3"], N_EXAMPLES, "eval.max_new_tokens"),
+        (["data.max_prompt_tokens=64"], N_EXAMPLES, "data.max_prompt_tokens"),
+        ([], N_EXAMPLES + 2, "needed rows are missing"),
+        (["models.1.prompt_format=raw"], N_EXAMPLES, "prompt formats"),
+    ],
+)
+def test_baselines_from_other_settings_are_refused(checkpoint, job_dir, tmp_path, overrides, limit, expected):
+    from interlingua.eval.reuse import BaselineReuseError
+
+    with pytest.raises(BaselineReuseError, match=expected):
+        eval_job(checkpoint, overrides=overrides, limit=limit, output_dir=tmp_path / "o", baselines_dir=job_dir,
+                 progress=False)

@@ -19,6 +19,7 @@ from interlingua.eval.baselines import evaluate_baselines, run_baselines, summar
 from interlingua.eval.latent import evaluate_latent, information_flow
 from interlingua.eval.plots import plot_cross_decode, plot_f1_by_row
 from interlingua.eval.report import baselines_report, eval_report
+from interlingua.eval.reuse import load_baseline_rows
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
@@ -51,6 +52,7 @@ def eval_job(
     overrides: list[str] | None = None,
     limit: int | None = None,
     output_dir: Path | None = None,
+    baselines_dir: Path | None = None,
     progress: bool = True,
 ) -> Path:
     """``interlingua eval``: baselines and latent rows of one checkpoint on the same validation examples.
@@ -62,13 +64,21 @@ def eval_job(
         limit: validation examples (sets ``eval.limit``).
         output_dir: results folder; default ``<run>/eval/<step_N>`` beside the checkpoints (the stored
             ``runtime.output_dir`` is the training run's own folder, so it is not used).
+        baselines_dir: reuse the baseline rows of this earlier run (checked to match) instead of
+            recomputing them.
         progress: show progress bars.
     Returns:
         the results folder: metrics.json, predictions.jsonl, report.md, config.yaml and the plots.
     Raises:
         CheckpointError: unreadable checkpoint, or one trained for other models or another encoder.
+        BaselineReuseError: ``baselines_dir`` was produced under other settings or lacks examples.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise CheckpointError(
+            f"{checkpoint_dir}: not an interlingua checkpoint (no such folder); pass a step_N/ folder written by "
+            "`interlingua train`"
+        )
     config = checkpoint_config(checkpoint_dir, config, list(overrides or []) + _limit_override(limit))
     device = resolve_device(config.runtime.device)
     model = InterlinguaModel.from_pretrained(checkpoint_dir, map_location=device)
@@ -78,14 +88,19 @@ def eval_job(
     system = InterlinguaSystem(model, *load_frozen_models(config, device, frozen_dtype(device)))
     out_dir = prepare_run_dir(config, Path(output_dir or checkpoint_dir.parent / EVAL_SUBDIR / checkpoint_dir.name))
     examples = validation_examples(config)
-    baseline_rows = [row for lm in system.lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
+    formats = {key: lm.prompt_format.value for key, lm in system.lms.items()}
+    if baselines_dir is not None:
+        baseline_rows = load_baseline_rows(Path(baselines_dir), examples, config, formats)
+    else:
+        baseline_rows = [row for lm in system.lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
     latent_rows, latent = evaluate_latent(system, examples, config, text_rows=baseline_rows, progress=progress)
     baselines = summarize(baseline_rows)
     metrics = {
         "run": info,
         "n": len(examples),
         "checkpoint": {"path": str(checkpoint_dir.resolve()), "fingerprint": model.fingerprint()},
-        "prompt_formats": {key: lm.prompt_format.value for key, lm in system.lms.items()},
+        "prompt_formats": formats,
+        "baselines_from": str(Path(baselines_dir).resolve()) if baselines_dir is not None else None,
         "baselines": baselines,
         "latent": latent,
         "information_flow": information_flow(baselines, latent),
