@@ -35,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
     p.set_defaults(func=cmd_baselines)
 
+    p = sub.add_parser("train", help="train the interlingua (aligner + adapters) on SQuAD train")
+    _add_common(p)
+    p.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/latest")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="the main job: train, then evaluate the final checkpoint and write the report")
+    _add_common(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run's training")
+    p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="reuse the baseline rows of an earlier `baselines` or `eval` run on the same examples")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("eval", help="latent evaluation of a checkpoint next to the baselines, with controls")
     p.add_argument("--checkpoint", required=True, type=Path, help="a step_N/ checkpoint folder")
     p.add_argument("--config", "-c", default=None, help="config name or path (default: the one stored with the checkpoint)")
@@ -89,6 +102,32 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from interlingua.training.recipe import train
+
+    config = resolve_config(args)
+    final = train(config, config.output_dir("train"), resume=args.resume, progress=not args.quiet)
+    if _is_main_process():
+        print(f"final checkpoint: {final}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from interlingua.eval.jobs import eval_job
+    from interlingua.training.recipe import train
+
+    extra = [f"eval.limit={args.limit}"] if args.limit is not None else []
+    config = resolve_config(args, extra)
+    run_dir = config.output_dir("run")
+    final = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    if not _is_main_process():  # under `accelerate launch` one process evaluates
+        return 0
+    out_dir = eval_job(final, config=config, baselines_dir=args.baselines, progress=not args.quiet)
+    print(f"\nfinal checkpoint: {final}\nwrote {out_dir}/")
+    print((out_dir / "report.md").read_text())
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from interlingua.eval.jobs import eval_job
 
@@ -101,6 +140,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\nwrote {out_dir}/")
     print((out_dir / "report.md").read_text())
     return 0
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _quiet_libraries() -> None:

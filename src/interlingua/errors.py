@@ -5,7 +5,9 @@ from interlingua.data.squad import SquadDataError
 from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.models.registry import ModelSpecError
+from interlingua.training.recipe import TrainingDivergedError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, FileNotFoundError,
+    ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, TrainingDivergedError,
+    FileNotFoundError,
 )

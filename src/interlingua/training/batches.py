@@ -1,0 +1,141 @@
+"""Deterministic, resumable batching of SQuAD training examples.
+
+The examples form one endless stream: epoch ``e`` is a permutation of all examples seeded by
+``(seed, e)``, and the epochs are laid end to end. Optimizer step ``s`` reads stream positions
+``[s·G, (s+1)·G)`` with ``G = batch_size · grad_accum`` (the *global* batch), so the batch of any
+step is a pure function of ``(seed, s)``: resuming at step ``s`` needs no saved data-loader state,
+and ``batch_size=2, grad_accum=2`` reads exactly the examples of ``batch_size=4, grad_accum=1``.
+
+The global batch is cut into ``grad_accum`` micro-batches of ``batch_size`` examples; under data
+parallelism each process takes every ``world_size``-th example of a micro-batch, so the global batch
+is the same for 1 or N processes.
+
+Every model reads the same prompt text (the sentence encoder too): the text prompt with its context
+cut to fit ``data.max_prompt_tokens`` under *every* model's tokenizer (the shortest of the per-model
+cuts).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+from interlingua.data.prompts import budgeted_text_prompt
+from interlingua.data.squad import SquadExample
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training example as the step reads it."""
+
+    text: str
+    """Text prompt ``Context: …\\nQuestion: …\\nAnswer:``, cut to the token budget of every model."""
+    answer: str
+    """The first gold answer: the target of L_gen and the positions of L_kd."""
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward pass of one process."""
+
+    items: list[TrainItem]
+
+    @property
+    def texts(self) -> list[str]:
+        return [item.text for item in self.items]
+
+    @property
+    def answers(self) -> list[str]:
+        return [item.answer for item in self.items]
+
+
+class TrainingStream:
+    """The seeded stream of training items and the batches each step reads from it.
+
+    Args:
+        examples: the training split (already cut to ``data.train_limit``).
+        tokenizers: the tokenizer of every frozen model; prompts are cut to fit all of them.
+        max_prompt_tokens: ``data.max_prompt_tokens``.
+        batch_size: ``train.batch_size`` (examples per micro-batch, over all processes).
+        grad_accum: ``train.grad_accum`` (micro-batches per optimizer step).
+        seed: seeds the epoch permutations (``data.seed``).
+    Raises:
+        ValueError: no examples, or a micro-batch that cannot be split over the processes.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[SquadExample],
+        tokenizers: Sequence,
+        max_prompt_tokens: int,
+        batch_size: int,
+        grad_accum: int,
+        seed: int,
+    ):
+        if not examples:
+            raise ValueError("no training examples: check data.source and data.train_limit")
+        self.examples = list(examples)
+        self.tokenizers = list(tokenizers)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.batch_size = batch_size
+        self.grad_accum = grad_accum
+        self.seed = seed
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per optimizer step, over all micro-batches and processes."""
+        return self.batch_size * self.grad_accum
+
+    def position(self, step: int) -> dict[str, int]:
+        """Where step ``step`` starts in the stream: ``{"epoch", "epoch_offset", "examples_seen"}``."""
+        seen = step * self.global_batch_size
+        return {"epoch": seen // len(self.examples), "epoch_offset": seen % len(self.examples), "examples_seen": seen}
+
+    def global_batch(self, step: int) -> list[TrainItem]:
+        """The ``batch_size · grad_accum`` items optimizer step ``step`` reads (0-based)."""
+        start = step * self.global_batch_size
+        return [self.item(self._example_index(p)) for p in range(start, start + self.global_batch_size)]
+
+    def global_answers(self, step: int) -> list[str]:
+        """The first gold answer of each example of :meth:`global_batch` (no prompt building)."""
+        start = step * self.global_batch_size
+        positions = range(start, start + self.global_batch_size)
+        return [self.examples[self._example_index(p)].answers[0] for p in positions]
+
+    def micro_batches(self, step: int, rank: int = 0, world_size: int = 1) -> list[MicroBatch]:
+        """This process's share of step ``step``: ``grad_accum`` micro-batches of ``batch_size / world_size``.
+
+        Raises:
+            ValueError: ``batch_size`` is not a multiple of ``world_size``.
+        """
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} cannot be split over {world_size} processes; "
+                f"set train.batch_size to a multiple of {world_size}"
+            )
+        items = self.global_batch(step)
+        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        return [MicroBatch(chunk[rank::world_size]) for chunk in chunks]
+
+    def item(self, index: int) -> TrainItem:
+        """Training item of example ``index``: its prompt cut to fit every tokenizer, first gold answer."""
+        example = self.examples[index]
+        cuts = [
+            budgeted_text_prompt(tok, example.context, example.question, self.max_prompt_tokens).text
+            for tok in self.tokenizers
+        ]
+        return TrainItem(text=min(cuts, key=len), answer=example.answers[0])
+
+    def _example_index(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.examples))
+        return _permutation(len(self.examples), self.seed, epoch)[offset]
+
+
+@lru_cache(maxsize=4)
+def _permutation(size: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """Seeded permutation of ``range(size)`` for one epoch; the same on every machine and process."""
+    order = list(range(size))
+    random.Random(f"interlingua-train/{seed}/{epoch}").shuffle(order)
+    return tuple(order)

@@ -1,0 +1,283 @@
+"""Training checkpoints: safetensors + JSON only (no pickle: a checkpoint may come from anyone).
+
+    <output_dir>/
+      latest                      text: name of the newest complete checkpoint, written after it
+      step_000050/
+        interlingua_config.json   } InterlinguaModel.save_pretrained: loads with from_pretrained
+        model.safetensors         }
+        optimizer.safetensors     AdamW moments, one tensor per (parameter index, name)
+        trainer_state.json        step, stream position, config, RNG states, optimizer/scheduler scalars
+
+A checkpoint is written in a temporary sibling folder and renamed into place, and ``latest`` moves
+only after that, so a crash never leaves a half-written checkpoint that ``latest`` names.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from interlingua.config import InterlinguaConfig
+from interlingua.constants import (
+    CHECKPOINT_CONFIG_FILE,
+    CHECKPOINT_DIR_FORMAT,
+    LATEST_CHECKPOINT_FILE,
+    OPTIMIZER_STATE_FILE,
+    TRAINER_STATE_FILE,
+)
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, _replace_dir
+
+TRAINER_STATE_VERSION = 1
+_SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
+_FIX = ("resume with the checkpoint's settings (its trainer_state.json has the config) "
+        "or train into a new --output-dir")
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    """``output_dir/step_000050`` for ``step=50`` (optimizer steps completed)."""
+    return Path(output_dir) / CHECKPOINT_DIR_FORMAT.format(step=step)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint ``output_dir/latest`` names, or None when there is none.
+
+    Raises:
+        CheckpointError: ``latest`` names a folder that does not exist.
+    """
+    pointer = Path(output_dir) / LATEST_CHECKPOINT_FILE
+    if not pointer.is_file():
+        return None
+    directory = Path(output_dir) / pointer.read_text().strip()
+    if not directory.is_dir():
+        raise CheckpointError(f"{pointer} names {directory.name!r}, which does not exist; fix or delete {pointer}")
+    return directory
+
+
+def save_checkpoint(
+    output_dir: Path,
+    model: InterlinguaModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict,
+) -> Path:
+    """Write ``step_<trainer_state["step"]>/`` atomically, then point ``latest`` at it.
+
+    Args:
+        output_dir: the training run's folder.
+        model: the learned modules (unwrapped).
+        optimizer: its tensors go to ``optimizer.safetensors``, its scalars to ``trainer_state.json``.
+        scheduler: its state (all scalars) goes to ``trainer_state.json``.
+        trainer_state: JSON-safe dict with at least ``step``.
+    Returns:
+        The checkpoint folder.
+    """
+    final = checkpoint_dir(output_dir, trainer_state["step"])
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp)  # creates tmp with interlingua_config.json + model.safetensors
+    tensors, scalars = optimizer_state_to_safe(optimizer.state_dict())
+    save_file(tensors, str(tmp / OPTIMIZER_STATE_FILE))
+    state = {"format_version": TRAINER_STATE_VERSION, **trainer_state,
+             "optimizer": scalars, "scheduler": scheduler.state_dict()}
+    (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    _replace_dir(tmp, final)  # a re-saved step replaces the old folder only once the new one is whole
+    _write_latest(Path(output_dir), final.name)
+    return final
+
+
+def read_trainer_state(directory: Path) -> dict:
+    """``trainer_state.json`` of a checkpoint.
+
+    Raises:
+        CheckpointError: missing, unreadable, or of another format version.
+    """
+    path = Path(directory) / TRAINER_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: not a training checkpoint ({path.name} is missing)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable trainer state ({err})") from None
+    if state.get("format_version") != TRAINER_STATE_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {state.get('format_version')!r}, expected {TRAINER_STATE_VERSION}"
+        )
+    return state
+
+
+def restore_checkpoint(
+    directory: Path,
+    model: InterlinguaModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict:
+    """Load a checkpoint into a freshly built model, optimizer and scheduler of the current config.
+
+    Args:
+        directory: a checkpoint folder (``step_000050``).
+        model: built from the current config; its spec must match the checkpoint's.
+        optimizer: built over ``model``'s parameters, in the same order as when it was saved.
+        scheduler: built on ``optimizer``.
+    Returns:
+        The trainer state (``step``, ``rng``, ``config`` …); RNG states are not restored here.
+    Raises:
+        CheckpointError: a different model set, a config that changes the learned modules' shapes,
+            missing, truncated or corrupt files.
+    """
+    directory = Path(directory)
+    state = read_trainer_state(directory)
+    check_same_spec(read_spec(directory), model.spec, directory)
+    loaded = InterlinguaModel.from_pretrained(directory)  # raises CheckpointError on bad weights
+    model.load_state_dict(loaded.state_dict())
+    try:
+        tensors = load_file(str(directory / OPTIMIZER_STATE_FILE))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{directory / OPTIMIZER_STATE_FILE}: missing, truncated or corrupt ({err})") from None
+    try:
+        optimizer.load_state_dict(optimizer_state_from_safe(tensors, state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{directory}: optimizer or scheduler state does not fit this run ({err})") from None
+    return state
+
+
+def check_same_spec(saved: InterlinguaSpec, current: InterlinguaSpec, directory: Path) -> None:
+    """Raise CheckpointError unless ``current`` builds modules of exactly the checkpoint's shapes.
+
+    Raises:
+        CheckpointError: the message names the differing models, widths or ``interlingua.*`` keys.
+    """
+    check_same_config(saved, [m.spec for m in current.models], current.encoder, current.interlingua, directory)
+    saved_widths = {m.spec: m.hidden_size for m in saved.models}
+    current_widths = {m.spec: m.hidden_size for m in current.models}
+    if saved_widths != current_widths or saved.d_sem != current.d_sem:
+        raise CheckpointError(
+            f"{directory} was trained for embedding widths {saved_widths} and d_sem={saved.d_sem}, but the loaded "
+            f"models have {current_widths} and d_sem={current.d_sem}; {_FIX}"
+        )
+
+
+def check_same_config(
+    saved: InterlinguaSpec, model_specs: list[str], encoder: str, interlingua: InterlinguaConfig, directory: Path
+) -> None:
+    """The part of :func:`check_same_spec` that needs no loaded model: run it before loading any.
+
+    Args:
+        saved: the checkpoint's spec (:func:`read_spec`).
+        model_specs: ``models.N.spec`` of the config, in order (the order fixes the parameter order).
+        encoder: the config's ``encoder``.
+        interlingua: the config's ``interlingua`` section.
+    Raises:
+        CheckpointError: another model set or order, another encoder, or changed ``interlingua.*``
+            keys (``dropout`` may change).
+    """
+    saved_specs = [m.spec for m in saved.models]
+    if saved_specs != list(model_specs):
+        raise CheckpointError(
+            f"{directory} was trained for models {saved_specs} (in this order), "
+            f"but the config has {list(model_specs)}; {_FIX}"
+        )
+    if saved.encoder != encoder:
+        raise CheckpointError(
+            f"{directory} was trained with encoder {saved.encoder!r}, the config has {encoder!r}; {_FIX}"
+        )
+    old, new = vars(saved.interlingua), vars(interlingua)
+    changed = [f"interlingua.{k}: checkpoint {_plain(old[k])}, config {_plain(new[k])}"
+               for k in old if k not in _SHAPE_FREE_KEYS and old[k] != new[k]]
+    if changed:
+        raise CheckpointError(f"{directory}: the config changes the learned modules ({'; '.join(changed)}); {_FIX}")
+
+
+# ---- optimizer state without pickle -------------------------------------------------------------
+def optimizer_state_to_safe(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """``optimizer.state_dict()`` -> (tensors for safetensors, JSON-safe scalars).
+
+    Tensors are keyed ``state.<param index>.<name>`` (e.g. ``state.3.exp_avg``); everything else
+    (param groups, non-tensor per-parameter values) goes to the scalars.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict] = {}
+    for index, values in state_dict["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                per_param.setdefault(str(index), {})[name] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}  # betas: tuple -> list
+              for group in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "state": per_param}
+
+
+def optimizer_state_from_safe(tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    """Inverse of :func:`optimizer_state_to_safe`."""
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in scalars["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in scalars["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ---- RNG states as JSON -------------------------------------------------------------------------
+def rng_state() -> dict:
+    """This process's python, numpy, torch (and CUDA) RNG states, JSON-safe (base64 for bytes)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+def _b64(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def read_spec(directory: Path) -> InterlinguaSpec:
+    """The checkpoint's ``interlingua_config.json``; CheckpointError when missing or unreadable."""
+    path = directory / CHECKPOINT_CONFIG_FILE
+    try:
+        return InterlinguaSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint config ({err})") from None
+
+
+def _write_latest(output_dir: Path, name: str) -> None:
+    tmp = output_dir / f".{LATEST_CHECKPOINT_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, output_dir / LATEST_CHECKPOINT_FILE)
+
+
+def _plain(value) -> object:
+    return getattr(value, "value", value)

@@ -1,0 +1,309 @@
+"""Train the interlingua: setup -> train -> save_checkpoint -> cleanup.
+
+    interlingua train --config tiny data.source=tests/assets/squad_mini
+    interlingua train --config tiny --resume                  # continue from <output_dir>/latest
+    accelerate launch --multi_gpu --num_processes 2 -m interlingua train --config tiny
+                                                   # data parallel; on a CPU machine this runs DDP over gloo
+
+Only the learned modules (AlignmentTransformer + adapters) are trained, wrapped for data parallelism
+and checkpointed; the frozen LLMs and the sentence encoder are loaded on every process and never
+touched by the optimizer. Each process reads its share of the same global batch (see
+``training/batches.py``) and its loss is that share of the global batch's loss (``training/step.py``),
+so 1 or N processes, and any ``batch_size × grad_accum`` split of the same global batch, take the
+same update up to float rounding.
+
+Step ``s`` (0-based) is the ``(s+1)``-th optimizer update; checkpoint ``step_000050`` holds the
+state after 50 updates. A NaN/inf loss term or gradient norm stops training with
+:class:`TrainingDivergedError` before anything is saved, so the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from interlingua.config import AnchorKind, Config, ConfigError, config_to_dict
+from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE
+from interlingua.data.squad import load_squad
+from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
+from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_frozen_models
+from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+from interlingua.training.batches import MicroBatch, TrainingStream
+from interlingua.training.checkpoint import (
+    check_same_config, checkpoint_dir, latest_checkpoint, read_spec, restore_checkpoint, rng_state, save_checkpoint,
+    set_rng_state,
+)
+from interlingua.training.monitor import MetricsLog, model_diagnostics
+from interlingua.training.step import LearnedForward, LossNorm, StepLoss, batch_loss, loss_norm
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss term or the gradient norm became NaN/inf; training stopped and the last good checkpoint is kept."""
+
+
+def train(config: Config, output_dir: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train the learned modules of ``config`` and checkpoint them under ``output_dir``.
+
+    Args:
+        config: the run (``models`` >= 2, ``train.*``, ``loss.*``, ``interlingua.*``, ``data.*``).
+        output_dir: run folder: ``config.yaml``, ``run_info.json``, ``metrics.jsonl``, ``step_*/``, ``latest``.
+        resume: continue exactly from the checkpoint ``output_dir/latest`` names.
+        progress: show a progress bar (main process only).
+    Returns:
+        The final checkpoint folder (``step_<train.steps>``).
+    Raises:
+        TrainingDivergedError: a loss term or the gradient norm is NaN/inf (names the term and step).
+        CheckpointError: resuming from a missing, damaged or incompatible checkpoint, or starting a
+            fresh run in a folder that already holds checkpoints.
+    """
+    recipe = TrainingRecipe(config, Path(output_dir), progress)
+    finished = False
+    try:
+        recipe.setup(resume)
+        final = recipe.train()
+        finished = True
+        return final
+    finally:
+        recipe.cleanup(finished)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier of update ``step``: linear warmup to 1 over ``warmup`` updates, then a
+    cosine to 0 at ``total`` (so the last update still has a small non-zero rate)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def interlingua_spec(config: Config, lms: dict, encoder) -> InterlinguaSpec:
+    """The learned modules' shapes for ``config`` and the loaded frozen models."""
+    d_sem = encoder.token_dim if config.interlingua.anchor == AnchorKind.TOKENS else encoder.dim
+    return InterlinguaSpec(
+        models=[frozen_model_info(lm) for lm in lms.values()], encoder=config.encoder, d_sem=d_sem,
+        interlingua=config.interlingua,
+    )
+
+
+class TrainingRecipe:
+    """One training run; :func:`train` drives it. Attributes are set by :meth:`setup`."""
+
+    def __init__(self, config: Config, output_dir: Path, progress: bool = True):
+        if len(config.models) < 2:
+            raise ConfigError(f"training needs at least two models, got {len(config.models)}; add one under models")
+        self.config, self.output_dir = config, output_dir
+        on_cpu = resolve_device(config.runtime.device).type == "cpu"
+        # Without L_gen and L_kd the adapters get no gradient; DDP must then look for unused parameters.
+        adapters_unused = not (config.loss.w_gen or config.loss.w_kd)
+        self.accelerator = Accelerator(
+            cpu=on_cpu, mixed_precision="no" if on_cpu else "bf16",  # DESIGN §4.8: fp32 on CPU, bf16 autocast on CUDA
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapters_unused)],
+        )
+        self.is_main = self.accelerator.is_main_process
+        self.progress = progress and self.is_main
+        self.step = 0
+        self.bar = self.metrics = self._rng_after_setup = None
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def setup(self, resume: bool) -> None:
+        cfg, acc = self.config, self.accelerator
+        seed_everything(cfg.runtime.seed)
+        self._check_output_dir(resume)
+        self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device))
+        self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
+        model = InterlinguaModel(interlingua_spec(cfg, self.lms, encoder)).to(acc.device)
+        self.system = InterlinguaSystem(model, self.lms, encoder)
+        forward = LearnedForward(self.system)
+        optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        warmup_cosine = partial(lr_factor, warmup=cfg.train.warmup_steps, total=cfg.train.steps)
+        # Not prepared: accelerate would step a prepared scheduler once per process.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        if resume:
+            self._resume(model, optimizer)
+        # Only the learned modules are prepared (DDP-wrapped with several processes).
+        self.forward, self.optimizer = acc.prepare(forward, optimizer)
+        examples = load_squad("train", cfg.data.source, cfg.data.train_limit, cfg.data.seed)
+        self.stream = TrainingStream(
+            examples, [lm.tokenizer for lm in self.lms.values()], cfg.data.max_prompt_tokens,
+            cfg.train.batch_size, cfg.train.grad_accum, cfg.data.seed,
+        )
+        self.stream.micro_batches(0, acc.process_index, acc.num_processes)  # fail early on a bad split
+        if self.is_main:
+            info = run_info(cfg, "train")
+            prepare_run_dir(cfg, self.output_dir)
+            write_json(self.output_dir / RUN_INFO_FILE, info)
+            self.metrics = MetricsLog(self.output_dir / METRICS_LOG_FILE, start_step=self.step)
+        self.bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                        disable=not self.progress, dynamic_ncols=True)
+        if self._rng_after_setup is not None:
+            set_rng_state(self._rng_after_setup)  # last: setup itself draws random numbers (model init)
+
+    def _check_output_dir(self, resume: bool) -> None:
+        latest = latest_checkpoint(self.output_dir)
+        if resume and latest is None:
+            raise CheckpointError(
+                f"--resume: {self.output_dir} has no checkpoint (no 'latest' file); run without --resume"
+            )
+        if not resume and latest is not None:
+            raise CheckpointError(
+                f"{self.output_dir} already holds checkpoints (latest: {latest.name}); "
+                "pass --resume to continue that run, or choose another --output-dir"
+            )
+        if resume:  # before loading any model: a mismatch found after loading two 8B models wastes minutes
+            cfg = self.config
+            check_same_config(read_spec(latest), [m.spec for m in cfg.models], cfg.encoder, cfg.interlingua, latest)
+
+    def _resume(self, model: InterlinguaModel, optimizer: torch.optim.Optimizer) -> None:
+        directory = latest_checkpoint(self.output_dir)
+        state = restore_checkpoint(directory, model, optimizer, self.scheduler)
+        self.step = state["step"]
+        if self.step > self.config.train.steps:
+            raise CheckpointError(f"{directory} is past train.steps={self.config.train.steps}; raise train.steps")
+        _warn_config_changes(state["config"], config_to_dict(self.config))
+        rngs, acc = state["rng"], self.accelerator
+        if len(rngs) == acc.num_processes:
+            self._rng_after_setup = rngs[acc.process_index]
+        else:
+            log.warning("checkpoint saved by %d processes, resumed by %d: RNG streams are reseeded, not restored",
+                        len(rngs), acc.num_processes)
+        log.info("resuming from %s (step %d)", directory, self.step)
+
+    # ---- train ------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        """Run the remaining optimizer steps; returns the final checkpoint folder."""
+        cfg = self.config.train
+        for step in range(self.step, cfg.steps):
+            started = time.perf_counter()
+            terms, diagnostics = self._forward_backward(step)
+            grad_norm = self._clip_gradients(step)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step = step + 1
+            self._log(step, lr, terms, grad_norm, diagnostics, time.perf_counter() - started)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        return checkpoint_dir(self.output_dir, cfg.steps)
+
+    def _forward_backward(self, step: int) -> tuple[dict[str, float], dict | None]:
+        """Forward + backward of this process's micro-batches of ``step``; gradients accumulate.
+
+        Returns:
+            The loss terms of the global batch (summed over micro-batches and processes) and, on
+            logged steps, the collapse diagnostics of the first micro-batch.
+        """
+        acc = self.accelerator
+        micro_batches = self.stream.micro_batches(step, acc.process_index, acc.num_processes)
+        norm = loss_norm(self.lms, self.stream.global_answers(step), self.config.loss.k_tokens)
+        sums: dict[str, float] = {}
+        diagnostics = None
+        for index, micro in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with nullcontext() if last else acc.no_sync(self.forward):  # all-reduce once per step
+                out = self._micro_batch_loss(step, micro, norm)
+                # DDP averages gradients over processes, but each process's loss is already its share
+                # of the global batch's loss: the sum over processes is wanted, hence × world size.
+                acc.backward(out.total * acc.num_processes)
+            sums = {name: sums.get(name, 0.0) + value for name, value in out.terms.items()}
+            if diagnostics is None and self._logs(step):
+                diagnostics = model_diagnostics(out, self.embedding_rms)
+        names = sorted(sums)
+        summed = acc.reduce(torch.tensor([sums[n] for n in names], device=acc.device), "sum")
+        return dict(zip(names, summed.tolist())), diagnostics
+
+    def _micro_batch_loss(self, step: int, micro: MicroBatch, norm: LossNorm) -> StepLoss:
+        """:func:`batch_loss` of one micro-batch; every process stops if any one hits a NaN/inf term."""
+        out, error = None, None
+        try:
+            with self.accelerator.autocast():
+                out = batch_loss(self.system, self.forward, micro.texts, micro.answers, self.config.loss, norm)
+        except FloatingPointError as err:
+            error = str(err)
+        errors = [e for e in gather_object([error]) if e]  # a lone process raising would hang the others
+        if errors:
+            raise self._diverged(step, errors[0])
+        return out
+
+    def _clip_gradients(self, step: int) -> float:
+        """Clip to ``train.grad_clip`` (0 = only measure) and return the global gradient norm."""
+        max_norm = self.config.train.grad_clip or math.inf
+        norm = float(self.accelerator.clip_grad_norm_(self.forward.parameters(), max_norm))
+        if not math.isfinite(norm):
+            raise self._diverged(step, f"the gradient norm is {norm}")
+        return norm
+
+    def _diverged(self, step: int, what: str) -> TrainingDivergedError:
+        latest = latest_checkpoint(self.output_dir)
+        kept = f"the last good checkpoint, {latest}, is kept" if latest else "no checkpoint had been written yet"
+        return TrainingDivergedError(
+            f"training stopped at step {step} (update {step + 1} of {self.config.train.steps}): {what}; "
+            f"{kept} and nothing was saved after it. Lower train.lr, raise train.warmup_steps or set "
+            "train.grad_clip, then continue with --resume."
+        )
+
+    def _logs(self, step: int) -> bool:
+        return step % self.config.train.log_every == 0 or step == self.config.train.steps - 1
+
+    def _log(
+        self, step: int, lr: float, terms: dict, grad_norm: float, diagnostics: dict | None, seconds: float
+    ) -> None:
+        self.bar.set_postfix({name: f"{value:.4g}" for name, value in terms.items()}, refresh=False)
+        self.bar.update(1)
+        if self.is_main and self._logs(step):
+            self.metrics.write({
+                "step": step, "lr": lr, "loss": terms, "grad_norm": grad_norm,
+                "examples_per_s": self.stream.global_batch_size / seconds, "models": diagnostics,
+            })
+
+    # ---- save_checkpoint ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write ``step_<self.step>/`` (main process) with every process's RNG state; all processes wait."""
+        acc = self.accelerator
+        rngs = gather_object([rng_state()])  # one per process, in process order
+        if acc.is_main_process:
+            state = {
+                "step": self.step, **self.stream.position(self.step), "num_train_examples": len(self.stream.examples),
+                "world_size": acc.num_processes, "config": config_to_dict(self.config), "rng": rngs,
+            }
+            model = acc.unwrap_model(self.forward).model
+            save_checkpoint(self.output_dir, model, self.optimizer.optimizer, self.scheduler, state)
+        acc.wait_for_everyone()
+        return checkpoint_dir(self.output_dir, self.step)
+
+    # ---- cleanup ------------------------------------------------------------------------------------
+    def cleanup(self, finished: bool) -> None:
+        """Close the bar and the log; after a clean finish, wait for every process and end the group."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if finished:  # after an error another process may never arrive: do not wait for it
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
+
+
+def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
+    """Log the settings a resumed run changes (other than runtime.*): the resume is then not exact."""
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if name == "runtime" or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            _warn_config_changes(old, new, f"{name}.")
+        else:
+            log.warning("resumed run changes %s: checkpoint %r, now %r", name, old, new)
