@@ -39,3 +39,4 @@ ANSWER_CUE = "\nAnswer:"
 CHAT_SYSTEM_INSTRUCTION = (
     "Answer the question with a short phrase copied from the context. Do not explain."
 )
+TRAINING_CURVES_PLOT = "training_curves.png"

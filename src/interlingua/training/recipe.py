@@ -34,9 +34,10 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from interlingua.config import AnchorKind, Config, ConfigError, config_to_dict
-from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE
+from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
+from interlingua.eval.plots import plot_training_curves
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
@@ -291,6 +292,9 @@ class TrainingRecipe:
             self.bar.close()
         if self.metrics is not None:
             self.metrics.close()
+            log_path = self.output_dir / METRICS_LOG_FILE
+            if log_path.stat().st_size:  # also after an error: the curves up to it help the diagnosis
+                plot_training_curves(log_path, self.output_dir / TRAINING_CURVES_PLOT)
         if finished:  # after an error another process may never arrive: do not wait for it
             self.accelerator.wait_for_everyone()
             self.accelerator.end_training()
