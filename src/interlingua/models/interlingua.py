@@ -114,7 +114,7 @@ class InterlinguaModel(nn.Module):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(tmp / CHECKPOINT_WEIGHTS_FILE))
         (tmp / CHECKPOINT_CONFIG_FILE).write_text(json.dumps(self.spec.to_json(), indent=2) + "\n")
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "InterlinguaModel":
@@ -173,7 +173,7 @@ class InterlinguaModel(nn.Module):
                 )
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``; an existing ``final`` is replaced only after ``tmp`` is complete."""
     old = final.with_name(final.name + f".old-{os.getpid()}")
     if final.exists():

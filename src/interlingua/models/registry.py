@@ -35,6 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from interlingua.constants import DEFAULT_CACHE_SUBDIR, ENV_CACHE_DIR
+from interlingua.provenance import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def _build_cached(final: Path, build: Callable[[Path], None], source: str) -> Pa
 
 def _write_marker(folder: Path, source: str) -> None:
     files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    marker = {"source": source, "files": files, "versions": _library_versions()}
+    marker = {"source": source, "files": files, "versions": library_versions()}
     (folder / CACHE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
 
 
@@ -359,15 +360,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("interlingua", "torch", "transformers", "gguf", "sentence-transformers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions

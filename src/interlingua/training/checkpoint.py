@@ -33,7 +33,7 @@ from interlingua.constants import (
     OPTIMIZER_STATE_FILE,
     TRAINER_STATE_FILE,
 )
-from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, _replace_dir
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, replace_dir
 
 TRAINER_STATE_VERSION = 1
 _SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
@@ -87,7 +87,7 @@ def save_checkpoint(
     state = {"format_version": TRAINER_STATE_VERSION, **trainer_state,
              "optimizer": scalars, "scheduler": scheduler.state_dict()}
     (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
-    _replace_dir(tmp, final)  # a re-saved step replaces the old folder only once the new one is whole
+    replace_dir(tmp, final)  # a re-saved step replaces the old folder only once the new one is whole
     _write_latest(Path(output_dir), final.name)
     return final
 
