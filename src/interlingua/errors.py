@@ -6,8 +6,9 @@ from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.models.registry import ModelSpecError
 from interlingua.training.recipe import TrainingDivergedError
+from interlingua.wire.errors import WireFormatError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, TrainingDivergedError,
-    FileNotFoundError,
+    WireFormatError, FileNotFoundError,
 )
