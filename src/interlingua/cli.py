@@ -2,6 +2,8 @@
 
     interlingua baselines --config embedded --limit 1000
     interlingua baselines --config tiny eval.batch_size=4 --set data.source=tests/assets/squad_mini
+    interlingua encode --checkpoint runs/embedded/run/step_000300 --text "Context: …" -o msg.bin
+    interlingua generate --checkpoint runs/embedded/run/step_000300 --model gemma3-270m msg.bin
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. eval.batch_size=8")
     parser.add_argument("--output-dir", "-o", default=None, help="run folder (default runs/<config name>/<command>)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, and the config it is used with: the stored one unless --config, plus --set overrides."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a step_N/ checkpoint folder")
+    parser.add_argument("--config", "-c", default=None,
+                        help="config name or path (default: the one stored with the checkpoint)")
+    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="latent evaluation of a checkpoint next to the baselines, with controls")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a step_N/ checkpoint folder")
-    p.add_argument("--config", "-c", default=None, help="config name or path (default: the one stored with the checkpoint)")
-    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    _add_checkpoint_args(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
     p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
     p.add_argument("--baselines", type=Path, default=None,
@@ -60,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", default=None, help="results folder (default <run>/eval/<step_N>)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("encode", help="sender: prompt text -> wire message file(s), with one LLM and the encoder")
+    _add_checkpoint_args(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", default=None,
+                        help="one whole prompt, used as given; in bash $'Context: …\\nQuestion: …\\nAnswer:' "
+                             "gives the real newlines of the standard prompt")
+    source.add_argument("--input", type=Path, default=None,
+                        help='JSONL, one object a line: {"text": …} or {"context": …, "question": …}, '
+                             'optional "id" (names its message file)')
+    p.add_argument("--sender", default=None, help="the model that reads the text (default: the checkpoint's first)")
+    p.add_argument("--output", "-o", required=True, type=Path,
+                   help="the message file (--text), or a folder for one <id or line number>.bin a line (--input)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. compression.precision=int8")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("generate", help="receiver: wire message file(s) -> one greedy answer each, with one LLM")
+    _add_checkpoint_args(p)
+    p.add_argument("--model", required=True, help="the receiver: one of the checkpoint's models")
+    p.add_argument("messages", nargs="+", type=Path, metavar="MESSAGE", help="message files written by `encode`")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_common(p)
@@ -131,15 +160,62 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from interlingua.eval.jobs import eval_job
 
-    config = load_config(args.config) if args.config else None
     out_dir = eval_job(
-        args.checkpoint, config=config, overrides=list(args.set_overrides) + list(args.overrides), limit=args.limit,
+        args.checkpoint, config=_named_config(args), overrides=_checkpoint_overrides(args), limit=args.limit,
         output_dir=Path(args.output_dir) if args.output_dir else None, baselines_dir=args.baselines,
         progress=not args.quiet,
     )
     print(f"\nwrote {out_dir}/")
     print((out_dir / "report.md").read_text())
     return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from interlingua.wire.service import MessageInputError, NamedPrompt, encode_texts, read_prompt_file
+
+    if args.text is not None and args.output.is_dir():
+        raise MessageInputError(f"-o {args.output} is a folder; with --text, -o names the message file")
+    if args.input is not None and args.output.is_file():
+        raise MessageInputError(f"-o {args.output} is a file; with --input, -o names a folder for the messages")
+    if args.text is not None:
+        prompts, names = [NamedPrompt("message", args.text)], ["the --text prompt"]
+    else:
+        prompts = read_prompt_file(args.input)
+        names = [f"prompt {p.name} of {args.input}" for p in prompts]
+    messages = encode_texts(
+        args.checkpoint, [p.text for p in prompts], args.sender, _checkpoint_overrides(args), _named_config(args),
+        names=names,
+    )
+    paths = [args.output] if args.text is not None else [args.output / f"{p.name}.bin" for p in prompts]
+    for path, message in zip(paths, messages):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(message)
+        print(f"{path}\t{len(message)} bytes")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from interlingua.wire.service import MessageInputError, generate_from_messages
+
+    for path in args.messages:
+        if not path.is_file():
+            raise MessageInputError(f"{path}: no such message file")
+    answers = generate_from_messages(
+        args.checkpoint, [path.read_bytes() for path in args.messages], args.model, _checkpoint_overrides(args),
+        _named_config(args), names=[str(path) for path in args.messages],
+    )
+    for path, answer in zip(args.messages, answers):
+        print(answer if len(answers) == 1 else f"{path}\t{answer}")
+    return 0
+
+
+def _checkpoint_overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.set_overrides) + list(getattr(args, "overrides", []))
+
+
+def _named_config(args: argparse.Namespace) -> Config | None:
+    """--config if given; None = the config stored with --checkpoint."""
+    return load_config(args.config) if args.config else None
 
 
 def _is_main_process() -> bool:

@@ -7,8 +7,9 @@ from interlingua.models.interlingua import CheckpointError
 from interlingua.models.registry import ModelSpecError
 from interlingua.training.recipe import TrainingDivergedError
 from interlingua.wire.errors import WireFormatError
+from interlingua.wire.service import MessageInputError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, TrainingDivergedError,
-    WireFormatError, FileNotFoundError,
+    WireFormatError, MessageInputError, FileNotFoundError,
 )

@@ -5,6 +5,9 @@
     z = system.encode("smollm2-135m-instruct", texts, anchor)              # (B, d_inter) or (B, M, d_inter)
     soft = system.model.soft_prompt("gemma3-270m", z)                       # cross-decode: any receiver
     answers = system.lms["gemma3-270m"].generate_from_soft_prompt(soft)
+
+A sender or a receiver alone (``interlingua encode`` / ``generate``) loads one LLM with
+:func:`load_frozen_model` and calls :func:`semantic_anchor` / :func:`encode_prompts` directly.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interlingua.config import AnchorKind, Config
+from interlingua.config import AnchorKind, Config, ConfigError
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import FrozenModelInfo, InterlinguaModel
 
@@ -47,6 +50,53 @@ def load_frozen_models(config: Config, device: torch.device, dtype: torch.dtype)
     return lms, SentenceEncoder(config.encoder, device=device)
 
 
+def load_frozen_model(config: Config, key: str, device: torch.device, dtype: torch.dtype) -> FrozenLM:
+    """One frozen LLM of ``config.models`` (a sender or a receiver alone, e.g. ``interlingua generate``).
+
+    Args:
+        config: ``models.N.spec`` / ``models.N.prompt_format`` of the model named ``key``.
+        key: the model's spec.
+        device, dtype: as for :func:`load_frozen_models`.
+    Returns:
+        The FrozenLM.
+    Raises:
+        ConfigError: ``key`` is not one of ``config.models``; the message lists them.
+    """
+    for model_config in config.models:
+        if model_config.spec == key:
+            return FrozenLM.load(model_config, device=device, dtype=dtype)
+    raise ConfigError(f"model {key!r} is not in the config; its models are: {', '.join(m.spec for m in config.models)}")
+
+
+def semantic_anchor(model: InterlinguaModel, encoder, texts: list[str]) -> Anchor:
+    """The frozen sentence encoder's view of ``texts``, in the form ``model`` was trained with
+    (``interlingua.anchor``), on ``model``'s device."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        if model.spec.interlingua.anchor == AnchorKind.TOKENS:
+            states, mask = encoder.encode_tokens(texts)
+            return Anchor(states.to(device), mask.to(device))
+        return Anchor(encoder.encode(texts).to(device))
+
+
+def encode_prompts(model: InterlinguaModel, lm: FrozenLM, texts: list[str], anchor: Anchor) -> Tensor:
+    """``texts`` read through ``lm``'s frozen token embeddings -> z (gradients reach the learned modules).
+
+    Args:
+        model: the learned modules; ``lm.key`` must be one of its models.
+        lm: the sender.
+        texts: ``B`` prompts, used as given.
+        anchor: :func:`semantic_anchor` of the same texts.
+    Returns:
+        z: ``(B, d_inter)`` (``pooling=mean``) or ``(B, M, d_inter)`` (``pooling=queries``).
+    """
+    device = next(model.parameters()).device
+    ids, mask = lm.tokenize_plain(texts)
+    with torch.no_grad():
+        embeddings = lm.embed(ids).float()  # (B, T, d_m); frozen, the learned modules run in fp32
+    return model.encode(lm.key, embeddings.to(device), mask.to(device), anchor.states, anchor.mask)
+
+
 class InterlinguaSystem:
     """Learned modules + the frozen LLMs + the frozen sentence encoder they were trained with.
 
@@ -68,20 +118,12 @@ class InterlinguaSystem:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def anchor(self, texts: list[str]) -> Anchor:
-        if self.model.spec.interlingua.anchor == AnchorKind.TOKENS:
-            states, mask = self.encoder.encode_tokens(texts)
-            return Anchor(states.to(self.device), mask.to(self.device))
-        return Anchor(self.encoder.encode(texts).to(self.device))
+        return semantic_anchor(self.model, self.encoder, texts)
 
     def encode(self, model_key: str, texts: list[str], anchor: Anchor) -> Tensor:
-        """``texts`` read through ``model_key``'s frozen token embeddings -> z."""
-        lm = self.lms[model_key]
-        ids, mask = lm.tokenize_plain(texts)
-        with torch.no_grad():
-            embeddings = lm.embed(ids).float()  # (B, T, d_m); frozen, the learned modules run in fp32
-        return self.model.encode(model_key, embeddings.to(self.device), mask.to(self.device), anchor.states, anchor.mask)
+        """``texts`` read through ``model_key``'s frozen token embeddings -> z (see :func:`encode_prompts`)."""
+        return encode_prompts(self.model, self.lms[model_key], texts, anchor)
 
     def soft_prompt(self, receiver_key: str, z: Tensor) -> Tensor:
         return self.model.soft_prompt(receiver_key, z)

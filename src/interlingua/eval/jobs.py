@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from interlingua.config import Config, config_from_dict, config_to_dict, replace
@@ -74,15 +75,7 @@ def eval_job(
         BaselineReuseError: ``baselines_dir`` was produced under other settings or lacks examples.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise CheckpointError(
-            f"{checkpoint_dir}: not an interlingua checkpoint (no such folder); pass a step_N/ folder written by "
-            "`interlingua train`"
-        )
-    config = checkpoint_config(checkpoint_dir, config, list(overrides or []) + _limit_override(limit))
-    device = resolve_device(config.runtime.device)
-    model = InterlinguaModel.from_pretrained(checkpoint_dir, map_location=device)
-    config = check_checkpoint_config(model, config, checkpoint_dir)
+    model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []) + _limit_override(limit))
     seed_everything(config.runtime.seed)
     info = run_info(config, "eval")  # before running: the git hash of the code that ran
     system = InterlinguaSystem(model, *load_frozen_models(config, device, frozen_dtype(device)))
@@ -111,6 +104,33 @@ def eval_job(
     plot_cross_decode(latent["cross_decode"], out_dir / CROSS_DECODE_PLOT)
     plot_f1_by_row(baselines, latent, out_dir / F1_BY_ROW_PLOT)
     return out_dir
+
+
+def load_checkpoint(
+    checkpoint_dir: Path, config: Config | None = None, overrides: list[str] | None = None
+) -> tuple[InterlinguaModel, Config, torch.device]:
+    """The learned modules of a checkpoint and the config to use them with (no frozen model is loaded).
+
+    Args:
+        checkpoint_dir: a ``step_N/`` folder.
+        config, overrides: as for :func:`checkpoint_config`.
+    Returns:
+        ``(model, config, device)``: the model on ``runtime.device``; the config checked by
+        :func:`check_checkpoint_config`.
+    Raises:
+        CheckpointError: no such folder, an unreadable checkpoint, or a config for other models.
+        ConfigError: a bad override.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise CheckpointError(
+            f"{checkpoint_dir}: not an interlingua checkpoint (no such folder); pass a step_N/ folder written by "
+            "`interlingua train`"
+        )
+    config = checkpoint_config(checkpoint_dir, config, overrides)
+    device = resolve_device(config.runtime.device)
+    model = InterlinguaModel.from_pretrained(checkpoint_dir, map_location=device)
+    return model, check_checkpoint_config(model, config, checkpoint_dir), device
 
 
 def _limit_override(limit: int | None) -> list[str]:

@@ -89,6 +89,12 @@ class InterlinguaModel(nn.Module):
     def model_keys(self) -> list[str]:
         return [m.spec for m in self.spec.models]
 
+    @property
+    def z_shape(self) -> tuple[int, ...]:
+        """Shape of one prompt's z: ``(d_inter,)`` with ``pooling=mean``, ``(M, d_inter)`` with ``queries``."""
+        cfg = self.spec.interlingua
+        return (cfg.d_inter,) if cfg.pooling == Pooling.MEAN else (cfg.num_slots, cfg.d_inter)
+
     def encode(self, model_key: str, token_embeddings, token_mask, anchor, anchor_mask=None) -> torch.Tensor:
         """Frozen token embeddings of ``model_key`` -> z: ``(B, d_inter)`` or ``(B, M, d_inter)``.
 
@@ -166,11 +172,22 @@ class InterlinguaModel(nn.Module):
                 f"checkpoint was trained for models {sorted(trained)}, but the config has {sorted(given)}; "
                 "use the checkpoint's models (see its interlingua_config.json) or retrain"
             )
-        for spec, info in given.items():
-            if info.hidden_size != trained[spec].hidden_size:
-                raise CheckpointError(
-                    f"{spec}: hidden size {info.hidden_size} differs from the checkpoint's {trained[spec].hidden_size}"
-                )
+        for info in infos:
+            self.check_frozen_model(info)
+
+    def check_frozen_model(self, info: FrozenModelInfo) -> None:
+        """Raise CheckpointError unless ``info`` is one of the frozen models this interlingua was trained
+        with (a sender or a receiver used alone)."""
+        trained = {m.spec: m for m in self.spec.models}
+        if info.spec not in trained:
+            raise CheckpointError(
+                f"model {info.spec!r} is not one of this checkpoint's models: {', '.join(self.model_keys)}"
+            )
+        if info.hidden_size != trained[info.spec].hidden_size:
+            raise CheckpointError(
+                f"{info.spec}: hidden size {info.hidden_size} differs from the checkpoint's "
+                f"{trained[info.spec].hidden_size}"
+            )
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
