@@ -65,6 +65,21 @@ class InterlinguaSpec:
         )
 
 
+def read_spec(directory: Path) -> InterlinguaSpec:
+    """A checkpoint's ``interlingua_config.json``, without loading weights.
+
+    Raises:
+        CheckpointError: missing or unreadable.
+    """
+    path = Path(directory) / CHECKPOINT_CONFIG_FILE
+    try:
+        return InterlinguaSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint config ({err})") from None
+
+
 class InterlinguaModel(nn.Module):
     """AlignmentTransformer + per-model adapters.
 
@@ -135,10 +150,7 @@ class InterlinguaModel(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)")
-        try:
-            spec = InterlinguaSpec.from_json(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{config_path}: unreadable checkpoint config ({err})") from None
+        spec = read_spec(directory)
         try:
             tensors = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as err:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from interlingua.data.prompts import budgeted_text_prompt
+from interlingua.data.prompts import shared_text_prompt
 from interlingua.data.squad import SquadExample
 
 
@@ -122,11 +122,8 @@ class TrainingStream:
     def item(self, index: int) -> TrainItem:
         """Training item of example ``index``: its prompt cut to fit every tokenizer, first gold answer."""
         example = self.examples[index]
-        cuts = [
-            budgeted_text_prompt(tok, example.context, example.question, self.max_prompt_tokens).text
-            for tok in self.tokenizers
-        ]
-        return TrainItem(text=min(cuts, key=len), answer=example.answers[0])
+        text = shared_text_prompt(self.tokenizers, example.context, example.question, self.max_prompt_tokens)
+        return TrainItem(text=text, answer=example.answers[0])
 
     def _example_index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.examples))

@@ -27,13 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from interlingua.config import InterlinguaConfig
 from interlingua.constants import (
-    CHECKPOINT_CONFIG_FILE,
     CHECKPOINT_DIR_FORMAT,
     LATEST_CHECKPOINT_FILE,
     OPTIMIZER_STATE_FILE,
     TRAINER_STATE_FILE,
 )
-from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, replace_dir
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec, replace_dir
 
 TRAINER_STATE_VERSION = 1
 _SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
@@ -262,17 +261,6 @@ def _unb64(text: str) -> torch.Tensor:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def read_spec(directory: Path) -> InterlinguaSpec:
-    """The checkpoint's ``interlingua_config.json``; CheckpointError when missing or unreadable."""
-    path = directory / CHECKPOINT_CONFIG_FILE
-    try:
-        return InterlinguaSpec.from_json(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)") from None
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint config ({err})") from None
-
-
 def _write_latest(output_dir: Path, name: str) -> None:
     tmp = output_dir / f".{LATEST_CHECKPOINT_FILE}.tmp-{os.getpid()}"
     tmp.write_text(name + "\n")

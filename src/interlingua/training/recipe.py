@@ -38,12 +38,12 @@ from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURV
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
 from interlingua.eval.plots import plot_training_curves
-from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
+from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
-    check_same_config, checkpoint_dir, latest_checkpoint, read_spec, restore_checkpoint, rng_state, save_checkpoint,
+    check_same_config, checkpoint_dir, latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint,
     set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
