@@ -70,10 +70,15 @@ class DataConfig:
     """Seed of the deterministic example order."""
     max_prompt_tokens: int = 1024
     """Contexts are cut so a text prompt never exceeds this many tokens (counted in metrics)."""
+    bucket_window: int = 0
+    """Training batches sorted by prompt length within windows of this many global batches (less
+    padding); 0 = off (the seed's plain shuffled order)."""
 
     def __post_init__(self) -> None:
         if self.train_limit is not None and self.train_limit <= 0:
             raise ConfigError(f"data.train_limit must be positive or null, got {self.train_limit}")
+        if self.bucket_window < 0:
+            raise ConfigError(f"data.bucket_window must be >= 0 (0 = off), got {self.bucket_window}")
         if self.max_prompt_tokens < 32:
             raise ConfigError(f"data.max_prompt_tokens must be >= 32, got {self.max_prompt_tokens}")
 
@@ -204,6 +209,30 @@ class CompressionConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Frozen work computed once per example and reused by later epochs and runs (docs/performance.md)."""
+
+    teacher: bool = True
+    """Cache the KD teacher's top-k targets (needs ``teacher_top_k > 0``)."""
+    teacher_top_k: int = 256
+    """k of the compact teacher (top-k logits + log-sum-exp); 0 = full-vocabulary KD recomputed every
+    step (exact; the form the seed run used)."""
+    anchor: bool = True
+    """Cache the sentence encoder's anchors of training prompts."""
+    dir: Optional[str] = None
+    """Cache folder; default ``$INTERLINGUA_CACHE/frozen`` (else ``~/.cache/interlingua/frozen``)."""
+
+    def __post_init__(self) -> None:
+        if self.teacher_top_k < 0:
+            raise ConfigError(f"cache.teacher_top_k must be >= 0, got {self.teacher_top_k}")
+        if self.teacher and self.teacher_top_k == 0:
+            raise ConfigError(
+                "cache.teacher=true needs cache.teacher_top_k > 0 (full-vocabulary logits are not cached); "
+                "set cache.teacher=false for exact full-vocabulary KD"
+            )
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how things run."""
 
@@ -233,6 +262,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:

@@ -113,13 +113,32 @@ class InterlinguaSystem:
         self.model = model
         self.lms = lms
         self.encoder = encoder
+        self.teachers: dict = {}
+        """Model key -> ``cache.KDTeacher`` set by the training recipe (cached top-k teacher); a model
+        without one gets the exact full-vocabulary teacher."""
+        self.anchor_cache = None
+        """A ``cache.AnchorCache`` set by the training recipe; None = run the encoder every time."""
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def anchor(self, texts: list[str]) -> Anchor:
-        return semantic_anchor(self.model, self.encoder, texts)
+        if self.anchor_cache is None:
+            return semantic_anchor(self.model, self.encoder, texts)
+        states, mask = self.anchor_cache(texts)
+        return Anchor(states.to(self.device), None if mask is None else mask.to(self.device))
+
+    def kd_teacher(self, key: str, temperature: float):
+        """The KD teacher of model ``key``: the one the recipe installed, else exact and uncached."""
+        from interlingua.cache.teacher import KDTeacher
+
+        teacher = self.teachers.get(key)
+        if teacher is None:
+            return KDTeacher(self.lms[key], temperature)
+        if teacher.temperature != temperature:
+            raise ValueError(f"{key}: the installed KD teacher has τ={teacher.temperature}, the loss asks for τ={temperature}")
+        return teacher
 
     def encode(self, model_key: str, texts: list[str], anchor: Anchor) -> Tensor:
         """``texts`` read through ``model_key``'s frozen token embeddings -> z (see :func:`encode_prompts`)."""

@@ -10,6 +10,13 @@ The global batch is cut into ``grad_accum`` micro-batches of ``batch_size`` exam
 parallelism each process takes every ``world_size``-th example of a micro-batch, so the global batch
 is the same for 1 or N processes.
 
+With ``bucket_window = W > 0`` (``data.bucket_window``), the stream is cut into windows of ``W``
+global batches; inside a window the examples are sorted by length (characters of context + question,
+a cheap proxy for tokens) and cut into ``W`` batches, whose order is then shuffled (seeded by the
+window). Each batch then holds prompts of similar length, so little of it is padding, while every
+example is still read once per epoch (up to the window that straddles an epoch's end). The batch of a
+step stays a pure function of ``(seed, W, G, step)``.
+
 Every model reads the same prompt text (the sentence encoder too): the text prompt with its context
 cut to fit ``data.max_prompt_tokens`` under *every* model's tokenizer (the shortest of the per-model
 cuts).
@@ -61,6 +68,7 @@ class TrainingStream:
         batch_size: ``train.batch_size`` (examples per micro-batch, over all processes).
         grad_accum: ``train.grad_accum`` (micro-batches per optimizer step).
         seed: seeds the epoch permutations (``data.seed``).
+        bucket_window: ``data.bucket_window``: global batches sorted by length together (0 = off).
     Raises:
         ValueError: no examples, or a micro-batch that cannot be split over the processes.
     """
@@ -73,6 +81,7 @@ class TrainingStream:
         batch_size: int,
         grad_accum: int,
         seed: int,
+        bucket_window: int = 0,
     ):
         if not examples:
             raise ValueError("no training examples: check data.source and data.train_limit")
@@ -82,6 +91,9 @@ class TrainingStream:
         self.batch_size = batch_size
         self.grad_accum = grad_accum
         self.seed = seed
+        if bucket_window < 0:
+            raise ValueError(f"data.bucket_window must be >= 0, got {bucket_window}")
+        self.bucket_window = bucket_window
 
     @property
     def global_batch_size(self) -> int:
@@ -95,14 +107,30 @@ class TrainingStream:
 
     def global_batch(self, step: int) -> list[TrainItem]:
         """The ``batch_size · grad_accum`` items optimizer step ``step`` reads (0-based)."""
-        start = step * self.global_batch_size
-        return [self.item(self._example_index(p)) for p in range(start, start + self.global_batch_size)]
+        return [self.item(index) for index in self.batch_indices(step)]
 
     def global_answers(self, step: int) -> list[str]:
         """The first gold answer of each example of :meth:`global_batch` (no prompt building)."""
-        start = step * self.global_batch_size
-        positions = range(start, start + self.global_batch_size)
-        return [self.examples[self._example_index(p)].answers[0] for p in positions]
+        return [self.examples[index].answers[0] for index in self.batch_indices(step)]
+
+    def batch_indices(self, step: int) -> list[int]:
+        """Example indices of optimizer step ``step``'s global batch, in micro-batch order."""
+        size = self.global_batch_size
+        if not self.bucket_window:
+            return [self._example_index(p) for p in range(step * size, (step + 1) * size)]
+        window, slot = divmod(step, self.bucket_window)
+        return list(self._bucketed_window(window)[slot])
+
+    @lru_cache(maxsize=2)
+    def _bucketed_window(self, window: int) -> tuple[tuple[int, ...], ...]:
+        """The ``bucket_window`` global batches of one window: examples sorted by length, batches shuffled."""
+        size, count = self.global_batch_size, self.bucket_window
+        start = window * count * size
+        indices = [self._example_index(p) for p in range(start, start + count * size)]
+        indices.sort(key=lambda i: len(self.examples[i].context) + len(self.examples[i].question))  # stable
+        batches = [tuple(indices[b * size:(b + 1) * size]) for b in range(count)]
+        random.Random(f"interlingua-buckets/{self.seed}/{window}").shuffle(batches)
+        return tuple(batches)
 
     def micro_batches(self, step: int, rank: int = 0, world_size: int = 1) -> list[MicroBatch]:
         """This process's share of step ``step``: ``grad_accum`` micro-batches of ``batch_size / world_size``.

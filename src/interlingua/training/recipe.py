@@ -33,6 +33,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from interlingua.cache.install import install_caches
 from interlingua.config import AnchorKind, Config, ConfigError, config_to_dict
 from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
@@ -127,6 +128,7 @@ class TrainingRecipe:
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
         model = InterlinguaModel(interlingua_spec(cfg, self.lms, encoder)).to(acc.device)
         self.system = InterlinguaSystem(model, self.lms, encoder)
+        self.caches = install_caches(self.system, cfg)  # cached KD teachers and anchors (cache.*)
         forward = LearnedForward(self.system)
         optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup_cosine = partial(lr_factor, warmup=cfg.train.warmup_steps, total=cfg.train.steps)
@@ -139,7 +141,7 @@ class TrainingRecipe:
         examples = load_squad("train", cfg.data.source, cfg.data.train_limit, cfg.data.seed)
         self.stream = TrainingStream(
             examples, [lm.tokenizer for lm in self.lms.values()], cfg.data.max_prompt_tokens,
-            cfg.train.batch_size, cfg.train.grad_accum, cfg.data.seed,
+            cfg.train.batch_size, cfg.train.grad_accum, cfg.data.seed, cfg.data.bucket_window,
         )
         self.stream.micro_batches(0, acc.process_index, acc.num_processes)  # fail early on a bad split
         if self.is_main:
@@ -274,6 +276,8 @@ class TrainingRecipe:
     def save_checkpoint(self) -> Path:
         """Write ``step_<self.step>/`` (main process) with every process's RNG state; all processes wait."""
         acc = self.accelerator
+        for store in self.caches:
+            store.flush()
         rngs = gather_object([rng_state()])  # one per process, in process order
         if acc.is_main_process:
             state = {
@@ -290,6 +294,9 @@ class TrainingRecipe:
         """Close the bar and the log; after a clean finish, wait for every process and end the group."""
         if self.bar is not None:
             self.bar.close()
+        for store in getattr(self, "caches", []):
+            store.flush()  # also after an error: the teachers computed so far are still right
+            log.info("cache %s", store.stats())
         if self.metrics is not None:
             self.metrics.close()
             log_path = self.output_dir / METRICS_LOG_FILE

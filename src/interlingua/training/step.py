@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from interlingua.config import LossConfig
-from interlingua.losses import alignment_loss, combine_losses, k_token_ce, kd_loss, semantic_anchor_loss
+from interlingua.losses import alignment_loss, combine_losses, k_token_ce, semantic_anchor_loss
 from interlingua.pipeline import Anchor, InterlinguaSystem
 
 
@@ -116,9 +116,9 @@ def batch_loss(
         if config.w_gen:
             gen.append(k_token_ce(student, targets.ids, targets.mask) * share)
         if config.w_kd:
-            with torch.no_grad():  # the teacher is the same frozen LLM reading the text prompt
-                teacher = lm.target_logits(lm.text_prefix(texts), targets)  # (B, K, V)
-            kd.append(kd_loss(student, teacher, targets.mask, config.kd_temperature) * share)
+            # The teacher is the same frozen LLM reading the text prompt (cached top-k when installed).
+            teacher = system.kd_teacher(key, config.kd_temperature)
+            kd.append(teacher.kd_loss(student, texts, targets) * share)
     terms: dict[str, Tensor] = {}
     if gen:
         terms["gen"] = torch.stack(gen).sum()

@@ -1,0 +1,47 @@
+"""Attach the configured caches to a training system (``cache.*`` in the run config)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from interlingua.cache.anchor import AnchorCache
+from interlingua.cache.store import TensorStore
+from interlingua.cache.teacher import KDTeacher
+from interlingua.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(config: Config) -> Path:
+    """``cache.dir``, else ``<interlingua cache root>/frozen``."""
+    from interlingua.models.registry import cache_root
+
+    return Path(config.cache.dir).expanduser() if config.cache.dir else cache_root() / "frozen"
+
+
+def install_caches(system, config: Config) -> list[TensorStore]:
+    """Give ``system`` its KD teachers and anchor cache as ``config.cache`` asks.
+
+    Args:
+        system: an ``InterlinguaSystem``; ``system.teachers`` / ``system.anchor_cache`` are set.
+        config: ``cache.*``, ``loss.kd_temperature``, ``loss.w_kd``, ``interlingua.anchor``.
+    Returns:
+        The stores opened (flush them at checkpoints and at the end).
+    """
+    settings, root, stores = config.cache, cache_dir(config), []
+    temperature = config.loss.kd_temperature
+    if config.loss.w_kd:
+        for key, lm in system.lms.items():
+            store = None
+            if settings.teacher:
+                store = TensorStore.open(root, "teacher", KDTeacher.settings(lm, temperature, settings.teacher_top_k))
+                stores.append(store)
+                log.info("%s: KD teacher cache %s (%d entries)", key, store.directory, len(store))
+            system.teachers[key] = KDTeacher(lm, temperature, settings.teacher_top_k, store)
+    if settings.anchor:
+        kind = config.interlingua.anchor
+        store = TensorStore.open(root, "anchor", AnchorCache.settings(system.encoder, kind))
+        stores.append(store)
+        system.anchor_cache = AnchorCache(system.encoder, kind, store)
+    return stores
