@@ -47,6 +47,9 @@ def load_frozen_models(config: Config, device: torch.device, dtype: torch.dtype)
     from interlingua.models.encoder import SentenceEncoder
 
     lms = {m.spec: FrozenLM.load(m, device=device, dtype=dtype) for m in config.models}
+    if config.runtime.gradient_checkpointing:
+        for lm in lms.values():
+            lm.enable_gradient_checkpointing()
     return lms, SentenceEncoder(config.encoder, device=device)
 
 

@@ -258,6 +258,34 @@ class FrozenLM:
         )
         return output  # (B, n): with inputs_embeds, generate returns only the new tokens
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in the backward pass instead of keeping its activations.
+
+        Gradients still flow to the soft prompt; the weights stay frozen. transformers checkpoints a
+        layer only in training mode, so the decoder layers are put in training mode — safe only when
+        the model has no active dropout, which is checked.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        dropouts = {k: v for k, v in self.model.config.to_dict().items()
+                    if "dropout" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
+        if dropouts:
+            raise ValueError(
+                f"{self.key}: gradient checkpointing of a frozen model needs its dropout off, but the config has "
+                f"{dropouts}; set runtime.gradient_checkpointing=false"
+            )
+        enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.eval()
+        layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not layers:
+            raise ValueError(f"{self.key}: this architecture has no checkpointable layers; set runtime.gradient_checkpointing=false")
+        for layer in layers:
+            layer.train()
+
     def generate_from_text(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         return self.generate(self.text_prefix(prompts), max_new_tokens)
 

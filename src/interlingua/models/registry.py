@@ -159,7 +159,8 @@ def load_causal_lm(
     path = resolve_model_path(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device)
+        # SDPA: fused attention kernels on CUDA (flash / memory-efficient) and on CPU.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device, attn_implementation="sdpa")
     except OSError as error:
         if Path(path).is_dir():
             raise
