@@ -4,6 +4,8 @@
     interlingua baselines --config tiny eval.batch_size=4 --set data.source=tests/assets/squad_mini
     interlingua encode --checkpoint runs/embedded/run/step_000300 --text "Context: …" -o msg.bin
     interlingua generate --checkpoint runs/embedded/run/step_000300 --model gemma3-270m msg.bin
+    interlingua generate --checkpoint <hybrid checkpoint> --model gemma3-270m --question "Who?" msg.bin
+    interlingua sweep --config configs/sweeps/compression.yaml --set data.source=../shared/data/squad
 """
 
 from __future__ import annotations
@@ -74,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", default=None,
                         help="one whole prompt, used as given; in bash $'Context: …\\nQuestion: …\\nAnswer:' "
-                             "gives the real newlines of the standard prompt")
+                             "gives the real newlines of the standard prompt; a hybrid checkpoint "
+                             "(interlingua.conditioning=hybrid) sends the context alone: 'Context: …'")
     source.add_argument("--input", type=Path, default=None,
-                        help='JSONL, one object a line: {"text": …} or {"context": …, "question": …}, '
-                             'optional "id" (names its message file)')
+                        help='JSONL, one object a line: {"text": …} or {"context": …, "question": …} ({"context": …} '
+                             'is enough for a hybrid checkpoint), optional "id" (names its message file)')
     p.add_argument("--sender", default=None, help="the model that reads the text (default: the checkpoint's first)")
     p.add_argument("--output", "-o", required=True, type=Path,
                    help="the message file (--text), or a folder for one <id or line number>.bin a line (--input)")
@@ -87,8 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="receiver: wire message file(s) -> one greedy answer each, with one LLM")
     _add_checkpoint_args(p)
     p.add_argument("--model", required=True, help="the receiver: one of the checkpoint's models")
+    questions = p.add_mutually_exclusive_group()
+    questions.add_argument("--question", default=None,
+                           help="hybrid checkpoints: the question the receiver reads as text (for every message)")
+    questions.add_argument("--input", type=Path, default=None,
+                           help='hybrid checkpoints: JSONL with a "question" per line; message <name>.bin takes the '
+                                'line whose "id" (else line number, 000001) is <name>, as `encode --input` names them')
     p.add_argument("messages", nargs="+", type=Path, metavar="MESSAGE", help="message files written by `encode`")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sweep", help="compression sweep: d_inter x M x wire precision -> F1 vs bytes table and plot")
+    p.add_argument("--config", "-c", default="configs/sweeps/compression.yaml",
+                   help="sweep file (configs/sweeps/*.yaml) or the name of a shipped one (compression, tiny)")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the base run config of every cell, e.g. --set data.source=DIR (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override the sweep file, e.g. eval_limit=100 train_steps=40 qat=true")
+    p.add_argument("--output-dir", "-o", default=None, help="sweep folder (default: the sweep file's output_dir)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (one line per cell still)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_common(p)
@@ -104,6 +124,17 @@ def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> 
     if getattr(args, "output_dir", None):
         overrides.append(f"runtime.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from interlingua.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.config, args.overrides)
+    out_dir = run_sweep(sweep, output_dir=args.output_dir, extra_overrides=args.set_overrides,
+                        progress=not args.quiet)
+    print(f"\nwrote {out_dir}/")
+    print((out_dir / "table.md").read_text())
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -171,6 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from interlingua.models.interlingua import read_spec
     from interlingua.wire.service import MessageInputError, NamedPrompt, encode_texts, read_prompt_file
 
     if args.text is not None and args.output.is_dir():
@@ -180,7 +212,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.text is not None:
         prompts, names = [NamedPrompt("message", args.text)], ["the --text prompt"]
     else:
-        prompts = read_prompt_file(args.input)
+        prompts = read_prompt_file(args.input, read_spec(args.checkpoint).interlingua.conditioning)
         names = [f"prompt {p.name} of {args.input}" for p in prompts]
     messages = encode_texts(
         args.checkpoint, [p.text for p in prompts], args.sender, _checkpoint_overrides(args), _named_config(args),
@@ -195,14 +227,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from interlingua.wire.service import MessageInputError, generate_from_messages
+    from interlingua.wire.service import MessageInputError, generate_from_messages, questions_for_messages
 
     for path in args.messages:
         if not path.is_file():
             raise MessageInputError(f"{path}: no such message file")
+    questions = None
+    if args.question is not None:
+        questions = [args.question] * len(args.messages)
+    elif args.input is not None:
+        questions = questions_for_messages(args.input, args.messages)
     answers = generate_from_messages(
         args.checkpoint, [path.read_bytes() for path in args.messages], args.model, _checkpoint_overrides(args),
-        _named_config(args), names=[str(path) for path in args.messages],
+        _named_config(args), names=[str(path) for path in args.messages], questions=questions,
     )
     for path, answer in zip(args.messages, answers):
         print(answer if len(answers) == 1 else f"{path}\t{answer}")
@@ -233,7 +270,15 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # parse_known_args + this check: KEY=VALUE overrides may also come after an option
+    # (`run -o x a=1 --resume b=2`), which plain parse_args refuses for a nargs="*" positional.
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = list(args.overrides) + rest
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     from interlingua.errors import USER_ERRORS

@@ -40,6 +40,11 @@ class AnchorKind(str, Enum):
     TOKENS = "tokens"  # the sentence encoder's token states as keys
 
 
+class Conditioning(str, Enum):
+    FULL = "full"  # seed: the whole prompt (context + question) travels through z
+    HYBRID = "hybrid"  # the context travels through z; the receiver reads the question as text
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -103,6 +108,10 @@ class InterlinguaConfig:
     """``mean`` (seed) or ``queries``."""
     anchor: AnchorKind = AnchorKind.SENTENCE
     """``sentence`` (seed, one key) or ``tokens`` (encoder token states as keys)."""
+    conditioning: Conditioning = Conditioning.FULL
+    """``full`` (seed: z carries the whole prompt, the receiver reads ``[BOS?] + soft prompt + "\\nAnswer:"``)
+    or ``hybrid`` (z carries ``Context: …`` only; the receiver reads ``[BOS?] + soft prompt +
+    "\\nQuestion: …\\nAnswer:"``)."""
 
     def __post_init__(self) -> None:
         for key in ("d_inter", "num_slots", "n_heads", "n_cross_layers"):
@@ -120,7 +129,7 @@ class InterlinguaConfig:
 
 @dataclass
 class LossConfig:
-    """L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd (DESIGN §3)."""
+    """L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd (DESIGN §3) [+ w_nce·L_nce + w_rec·L_rec]."""
 
     k_tokens: int = 4
     """K: answer tokens supervised by CE and KD."""
@@ -130,15 +139,25 @@ class LossConfig:
     w_kd: float = 0.3
     kd_temperature: float = 1.0
     """Softmax temperature of the KD term."""
+    w_nce: float = 0.0
+    """Contrastive alignment (InfoNCE across models, in-batch negatives); 0 = off (the seed)."""
+    nce_temperature: float = 0.1
+    """τ of the contrastive term's cosine logits."""
+    w_rec: float = 0.0
+    """L_rec (repeat the first ``pretrain.tokens`` tokens of the text from the soft prompt) as an extra
+    term of the QA stage; 0 = off (the seed). The reconstruction stage (``pretrain.steps``) always
+    weighs L_rec 1 and drops L_gen and L_kd."""
 
     def __post_init__(self) -> None:
         if self.k_tokens <= 0:
             raise ConfigError(f"loss.k_tokens must be positive, got {self.k_tokens}")
-        for key in ("w_gen", "w_align", "w_sem", "w_kd"):
+        for key in ("w_gen", "w_align", "w_sem", "w_kd", "w_nce", "w_rec"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         if self.kd_temperature <= 0:
             raise ConfigError(f"loss.kd_temperature must be positive, got {self.kd_temperature}")
+        if self.nce_temperature <= 0:
+            raise ConfigError(f"loss.nce_temperature must be positive, got {self.nce_temperature}")
 
 
 @dataclass
@@ -170,6 +189,34 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ConfigError(f"train.warmup_steps must be in [0, train.steps={self.steps}], got {self.warmup_steps}")
+
+
+@dataclass
+class PretrainConfig:
+    """Reconstruction stage before the QA stage (as in ICAE / 500xCompressor): each frozen LLM must
+    reproduce the start of the text from its soft prompt alone. Optimizer steps [0, steps) are this
+    stage, [steps, steps + train.steps) the QA stage; the data stream simply continues."""
+
+    steps: int = 0
+    """Optimizer steps of the reconstruction stage; 0 = no stage (the seed)."""
+    tokens: int = 32
+    """R: the first R tokens of the text the aligner read are the reconstruction targets."""
+    lr: Optional[float] = None
+    """Peak learning rate of the stage; null = train.lr."""
+    warmup_steps: int = 10
+    """Linear warmup of the stage, then cosine decay to zero at its end."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"pretrain.steps must be >= 0 (0 = no reconstruction stage), got {self.steps}")
+        if self.tokens <= 0:
+            raise ConfigError(f"pretrain.tokens must be positive, got {self.tokens}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"pretrain.lr must be positive or null (= train.lr), got {self.lr}")
+        if self.warmup_steps < 0 or (self.steps and self.warmup_steps > self.steps):
+            raise ConfigError(
+                f"pretrain.warmup_steps must be in [0, pretrain.steps={self.steps}], got {self.warmup_steps}"
+            )
 
 
 @dataclass
@@ -263,6 +310,8 @@ class Config:
     interlingua: InterlinguaConfig = field(default_factory=InterlinguaConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Optional reconstruction stage before ``train`` (pretrain.steps = 0: none)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

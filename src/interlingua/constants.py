@@ -40,3 +40,8 @@ CHAT_SYSTEM_INSTRUCTION = (
     "Answer the question with a short phrase copied from the context. Do not explain."
 )
 TRAINING_CURVES_PLOT = "training_curves.png"
+# Reconstruction stage (pretrain.*): what follows the soft prompt when the frozen LLM must repeat the
+# text. An instruction the instruct models can read, distinct from ANSWER_CUE, so the cue (not the
+# soft prompt) says which task is asked and one soft prompt serves both; it starts with "\n" like
+# ANSWER_CUE and ends with one, so the first target ("Context") begins a line as it does in the text.
+RECONSTRUCTION_CUE = "\nRepeat the text above:\n"

@@ -1,6 +1,10 @@
 """Training losses on tensors (DESIGN §3), all computed in fp32, plus collapse diagnostics (DESIGN §4.4).
 
     L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd          (combine_losses)
+        [+ w_nce·L_nce]      contrastive alignment (InfoNCE), loss.w_nce > 0
+        [+ w_rec·L_rec]      reconstruction (k_token_ce on text tokens): weight 1 in the pretraining
+                             stage (pretrain.*), loss.w_rec in the QA stage (default 0)
+        [+ l1·mean|z|]       L1 sparsity of z (l1_penalty), compression.l1 > 0
 
 The LLM forwards that produce logits at the K answer positions live in the training recipe; here
 every loss takes those logits (B, K, V) and a (B, K) mask of real positions. "Mean over real
@@ -18,7 +22,10 @@ import torch.nn.functional as F
 
 from interlingua.config import LossConfig
 
-LOSS_TERMS = ("gen", "align", "sem", "kd")  # keys of combine_losses' terms, with weights w_<term>
+LOSS_TERMS = ("gen", "align", "sem", "kd", "nce", "rec")  # keys of combine_losses' terms, with weights w_<term>
+EXTRA_LOSS_TERMS = {"l1": "compression.l1"}
+"""Terms whose weight lives outside ``loss.*``: term -> the config key of its weight (passed to
+:func:`combine_losses` as ``extra_weights``)."""
 
 
 def k_token_ce(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -167,32 +174,92 @@ def semantic_anchor_loss(zs: dict[str, torch.Tensor], anchor_target: torch.Tenso
     return torch.stack(losses).mean()
 
 
-def combine_losses(terms: dict[str, torch.Tensor], config: LossConfig) -> torch.Tensor:
-    """w_gen·gen + w_align·align + w_sem·sem + w_kd·kd.
+def contrastive_loss(zs: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """InfoNCE between the interlinguas of every pair of models; the other examples are the negatives.
+
+    For a pair (a, b) with ẑ = z flattened to (B, M·d) and L2-normalised, ``logits = ẑ_a ẑ_bᵀ / τ``
+    (B, B) and the loss is ½·[CE(logits, diag) + CE(logitsᵀ, diag)]: example i of model a must pick
+    example i of model b among the batch, and vice versa. Unlike L_align, a collapsed z (every row
+    alike) cannot satisfy it: it then scores log B.
 
     Args:
-        terms: any of "gen", "align", "sem", "kd" -> scalar; a term whose weight is 0 may be left out.
+        zs: model key -> z of one shape for all models, (B, d_inter) or (B, M, d_inter).
+        temperature: τ > 0.
+    Returns:
+        fp32 scalar, the mean over the N·(N−1)/2 pairs; 0 (connected to the graph) for a single model.
+    Raises:
+        ValueError: B < 2 (no negatives), τ <= 0, or z of different shapes.
+    """
+    _check_same_shapes(zs)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive (loss.nce_temperature), got {temperature}")
+    batch = next(iter(zs.values())).shape[0]
+    if batch < 2:
+        raise ValueError(
+            f"contrastive_loss needs at least 2 examples per batch (the other examples are the negatives), "
+            f"got {batch}; raise train.batch_size or set loss.w_nce=0"
+        )
+    units = {key: F.normalize(z.float().reshape(batch, -1), dim=-1) for key, z in zs.items()}  # (B, M·d) each
+    pairs = list(itertools.combinations(units.values(), 2))
+    if not pairs:
+        return next(iter(units.values())).sum() * 0.0
+    labels = torch.arange(batch, device=next(iter(units.values())).device)
+    losses = []
+    for unit_a, unit_b in pairs:
+        logits = unit_a @ unit_b.T / temperature  # (B, B): row i = a's example i against every b
+        losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+    return torch.stack(losses).mean()
+
+
+def l1_penalty(zs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of |z| over models and elements: the L1 sparsity term "l1" (weight ``compression.l1``).
+
+    Args:
+        zs: model key -> z of one shape for all models, (B, d_inter) or (B, M, d_inter).
+    Returns:
+        fp32 scalar.
+    """
+    _check_same_shapes(zs)
+    return torch.stack([z.float().abs().mean() for z in zs.values()]).mean()
+
+
+def combine_losses(
+    terms: dict[str, torch.Tensor], config: LossConfig, extra_weights: dict[str, float] | None = None
+) -> torch.Tensor:
+    """Σ w_<term>·term over :data:`LOSS_TERMS` (w_gen·gen + w_align·align + w_sem·sem + w_kd·kd + …),
+    plus the terms of ``extra_weights``.
+
+    Args:
+        terms: any of :data:`LOSS_TERMS` and of ``extra_weights`` -> scalar; a term whose weight is 0
+            may be left out.
         config: the weights (``loss.w_*``).
+        extra_weights: weights of :data:`EXTRA_LOSS_TERMS` from elsewhere in the config, e.g.
+            ``{"l1": compression.l1}``.
     Raises:
         FloatingPointError: a term is NaN or inf; the message names it (stop, keep the last good checkpoint).
         KeyError: an unknown term, or a term with a non-zero weight is missing.
         ValueError: a term is not a scalar.
     """
-    unknown = sorted(set(terms) - set(LOSS_TERMS))
+    extra_weights = dict(extra_weights or {})
+    if set(extra_weights) - set(EXTRA_LOSS_TERMS):
+        raise KeyError(f"unknown extra weights {sorted(set(extra_weights) - set(EXTRA_LOSS_TERMS))}; "
+                       f"expected some of {list(EXTRA_LOSS_TERMS)}")
+    weights = {name: (f"loss.w_{name}", getattr(config, f"w_{name}")) for name in LOSS_TERMS}
+    weights |= {name: (EXTRA_LOSS_TERMS[name], weight) for name, weight in extra_weights.items()}
+    unknown = sorted(set(terms) - set(weights))
     if unknown:
-        raise KeyError(f"unknown loss terms {unknown}; expected some of {list(LOSS_TERMS)}")
+        raise KeyError(f"unknown loss terms {unknown}; expected some of {list(weights)}")
     not_scalar = {name: tuple(t.shape) for name, t in terms.items() if t.dim() != 0}
     if not_scalar:
         raise ValueError(f"loss terms must be scalars, got shapes {not_scalar}")
-    bad = [f"{name}={terms[name].item()}" for name in LOSS_TERMS if name in terms and not _finite(terms[name])]
+    bad = [f"{name}={terms[name].item()}" for name in weights if name in terms and not _finite(terms[name])]
     if bad:
         raise FloatingPointError(f"non-finite loss term(s): {', '.join(bad)}")
     total = None
-    for name in LOSS_TERMS:
-        weight = getattr(config, f"w_{name}")
+    for name, (key, weight) in weights.items():
         if name not in terms:
             if weight != 0:
-                raise KeyError(f"loss term {name!r} has weight loss.w_{name}={weight} but was not computed")
+                raise KeyError(f"loss term {name!r} has weight {key}={weight} but was not computed")
             continue
         weighted = weight * terms[name].float()
         total = weighted if total is None else total + weighted

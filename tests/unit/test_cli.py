@@ -78,3 +78,14 @@ def test_config_command_prints_the_resolved_config(capsys):
 def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     code, _, err = run_cli(["eval", "--checkpoint", str(tmp_path / "nope"), "-q"], capsys)
     assert code == 2 and "not an interlingua checkpoint" in err and "Traceback" not in err
+
+
+def test_overrides_may_follow_an_option(capsys):
+    code, stdout, _ = run_cli(["config", "-c", "tiny", "train.lr=0.5", "--set", "train.steps=7", "data.seed=3"], capsys)
+    assert code == 0 and "lr: 0.5" in stdout and "steps: 7" in stdout and "seed: 3" in stdout
+
+
+def test_a_stray_argument_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["config", "-c", "tiny", "train.lr=0.5", "--nope"], capsys)
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err

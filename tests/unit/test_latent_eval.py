@@ -8,7 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from interlingua.config import ModelConfig, PromptFormat, config_to_dict, replace, save_config
+from interlingua.config import (
+    CompressionConfig, ConfigError, ModelConfig, Precision, PromptFormat, config_to_dict, replace, save_config,
+)
 from interlingua.constants import (
     CROSS_DECODE_PLOT, F1_BY_ROW_PLOT, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RESOLVED_CONFIG_FILE,
     TRAINER_STATE_FILE,
@@ -17,10 +19,11 @@ from interlingua.data.prompts import budgeted_text_prompt, shared_text_prompt, t
 from interlingua.eval.jobs import checkpoint_config, eval_job, validation_examples
 from interlingua.eval.latent import (
     INFORMATION_FLOW_MARGIN_F1, agreement, cross_decode_matrix, derangement, distinct_share, evaluate_latent,
-    information_flow, interlingua_distance, predictions_by_model,
+    evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
+from interlingua.wire import decode_message, encode_message, error_bound
 
 N_EXAMPLES = 4
 MODELS = ("tiny-llama", "tiny-qwen2")
@@ -185,7 +188,10 @@ def test_cross_decode_diagonal_is_the_latent_row(job_dir):
     messages = latent["messages"]["tiny-llama"]
     # tiny-llama adds BOS; M = 4 soft tokens; the cue "\nAnswer:" is 8 byte-level tokens
     assert messages["soft_prompt_positions"] == 1 + 4 + 8
-    assert messages["wire_bytes"] == 32 * 4  # pooling=mean: z is (d_inter,) per message, fp32
+    # pooling=mean: z is (d_inter,) per message; the default wire is fp32, and wire_bytes is the whole frame
+    fp32_message = encode_message(torch.zeros(32), Precision.FP32, 32, "0" * 16)
+    assert (messages["wire_precision"], messages["wire_group_size"]) == ("fp32", None)
+    assert messages["wire_bytes"] == len(fp32_message) > 32 * 4
 
 
 def test_checkpoint_config_prefers_trainer_state_then_run_config(checkpoint, tmp_path, tiny_config):
@@ -247,3 +253,43 @@ def test_baselines_from_other_settings_are_refused(checkpoint, job_dir, tmp_path
     with pytest.raises(BaselineReuseError, match=expected):
         eval_job(checkpoint, overrides=overrides, limit=limit, output_dir=tmp_path / "o", baselines_dir=job_dir,
                  progress=False)
+
+
+# ---- evaluation through the wire (compression.precision) ---------------------------------------
+def _small_eval(tiny_config, **changes):
+    config = replace(tiny_config, eval=replace(tiny_config.eval, limit=N_EXAMPLES))
+    return replace(config, **changes), validation_examples(config)
+
+
+@pytest.mark.parametrize("evaluate", [evaluate_latent, evaluate_own_latent])
+def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
+    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    decoded = []  # every z a receiver turns into a soft prompt
+    original = system.soft_prompt
+    monkeypatch.setattr(system, "soft_prompt", lambda key, z: decoded.append(z.clone()) or original(key, z))
+    runs = {}
+    for precision in (Precision.FP32, Precision.INT4):
+        decoded.clear()
+        config, examples = _small_eval(tiny_config, compression=CompressionConfig(precision=precision, group_size=8))
+        _, summary = evaluate(system, examples, config, progress=False)
+        runs[precision] = decoded[0], summary["messages"]["tiny-llama"]  # first decode: tiny-llama's own z, (4, 32)
+    (sent, fp32_sizes), (received, int4_sizes) = runs[Precision.FP32], runs[Precision.INT4]
+    assert not torch.equal(sent, received)
+    bound = torch.stack([error_bound(row, Precision.INT4, 8) for row in sent])  # (4, 32)
+    assert ((received - sent).abs().double() <= bound).all()
+    message = encode_message(sent[0], Precision.INT4, 8, tiny_model.fingerprint())
+    assert torch.equal(decode_message(message).z, received[0])  # what the receiver of the real message decodes
+    assert int4_sizes["wire_bytes"] == len(message) < fp32_sizes["wire_bytes"]
+    assert (int4_sizes["wire_precision"], int4_sizes["wire_group_size"]) == ("int4", 8)
+
+
+def test_own_latent_rows_are_the_latent_rows_of_the_full_evaluation(tiny_model, tiny_lms, tiny_encoder, tiny_config):
+    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    config, examples = _small_eval(tiny_config, compression=CompressionConfig(precision=Precision.INT8))
+    own_rows, own = evaluate_own_latent(system, examples, config, progress=False)
+    all_rows, full = evaluate_latent(system, examples, config, progress=False)
+    assert own_rows == [row for row in all_rows if row["mode"] == "latent"]
+    assert {model: set(scores) for model, scores in own["scores"].items()} == {model: {"latent"} for model in MODELS}
+    assert own["messages"] == full["messages"]
+    with pytest.raises(ConfigError, match="eval.limit"):
+        evaluate_own_latent(system, examples[:1], config, progress=False)

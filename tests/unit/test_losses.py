@@ -1,5 +1,5 @@
 """Losses against hand-written references (plain Python loops, manual log-softmax), masking, NaN guard,
-collapse diagnostics."""
+collapse diagnostics, and the contrastive term end to end in a tiny training step."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from interlingua.losses import (
     collapse_diagnostics,
     combine_losses,
     compress_teacher_logits,
+    contrastive_loss,
     k_token_ce,
     kd_loss,
     kd_loss_topk,
@@ -270,3 +271,144 @@ def test_collapse_diagnostics_reference_and_single_row():
     assert stats["mean_dim_variance"] == pytest.approx(sum(variances) / 2, rel=1e-6)
     assert stats["min_dim_variance"] == pytest.approx(min(variances), rel=1e-6)
     assert all(math.isnan(v) for v in collapse_diagnostics(torch.randn(1, 4)).values())
+
+
+# ---- contrastive alignment (InfoNCE) ----------------------------------------------------------
+
+
+def info_nce_ref(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> float:
+    """½·(CE rows + CE columns) of cos(z_a_i, z_b_j) / τ, in plain Python."""
+    rows_a = [za[i].flatten().tolist() for i in range(za.shape[0])]
+    rows_b = [zb[i].flatten().tolist() for i in range(zb.shape[0])]
+    unit = lambda v: [x / math.sqrt(sum(y * y for y in v)) for x in v]  # noqa: E731
+    rows_a, rows_b = [unit(v) for v in rows_a], [unit(v) for v in rows_b]
+    n = len(rows_a)
+    logits = [[sum(x * y for x, y in zip(rows_a[i], rows_b[j])) / temperature for j in range(n)] for i in range(n)]
+    a_to_b = sum(-log_softmax_ref(logits[i])[i] for i in range(n)) / n
+    b_to_a = sum(-log_softmax_ref([logits[j][i] for j in range(n)])[i] for i in range(n)) / n
+    return (a_to_b + b_to_a) / 2
+
+
+def test_contrastive_loss_matches_reference_over_all_pairs():
+    """Three models (three pairs), z with M slots flattened to (B, M·d), τ = 0.5."""
+    torch.manual_seed(0)
+    zs = {name: torch.randn(3, 2, 4) for name in ("a", "b", "c")}
+    expected = sum(info_nce_ref(zs[x], zs[y], 0.5) for x, y in (("a", "b"), ("a", "c"), ("b", "c"))) / 3
+    loss = contrastive_loss(zs, temperature=0.5)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrastive_loss_is_symmetric_in_the_two_models():
+    """Swapping the two models leaves the loss unchanged (both directions are averaged)."""
+    torch.manual_seed(1)
+    za, zb = torch.randn(4, 6), torch.randn(4, 6)
+    forward, backward = contrastive_loss({"a": za, "b": zb}, 0.2), contrastive_loss({"a": zb, "b": za}, 0.2)
+    assert forward.item() == pytest.approx(backward.item(), rel=1e-6)
+
+
+def test_aligned_distinct_z_beat_collapsed_z():
+    """The point of the term: MSE alignment is 0 for a collapsed z, InfoNCE is log B (its worst
+    uninformative value), while aligned and distinct z score far lower."""
+    batch, temperature = 4, 0.1
+    distinct = torch.eye(batch, 8)  # orthonormal rows
+    collapsed = torch.ones(batch, 8)
+    aligned = contrastive_loss({"a": distinct, "b": distinct.clone()}, temperature)
+    same = contrastive_loss({"a": collapsed, "b": collapsed.clone()}, temperature)
+    assert alignment_loss({"a": collapsed, "b": collapsed.clone()}).item() == 0.0
+    assert same.item() == pytest.approx(math.log(batch), rel=1e-6)
+    assert aligned.item() == pytest.approx(math.log(1 + (batch - 1) * math.exp(-1 / temperature)), abs=1e-6)
+    assert aligned.item() < 0.01 < same.item()
+
+
+def test_contrastive_loss_gradient_reaches_every_model():
+    torch.manual_seed(0)
+    zs = {"a": torch.randn(3, 5, requires_grad=True), "b": torch.randn(3, 5, requires_grad=True)}
+    contrastive_loss(zs, 0.1).backward()
+    for name, z in zs.items():
+        assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0, name
+
+
+def test_contrastive_loss_single_model_and_bad_inputs():
+    z = torch.randn(3, 4, requires_grad=True)
+    single = contrastive_loss({"a": z}, 0.1)
+    assert single.item() == 0.0 and single.requires_grad
+    with pytest.raises(ValueError, match=r"at least 2 examples.*got 1.*train.batch_size"):
+        contrastive_loss({"a": torch.randn(1, 4), "b": torch.randn(1, 4)}, 0.1)
+    with pytest.raises(ValueError, match="nce_temperature"):
+        contrastive_loss({"a": torch.randn(2, 4), "b": torch.randn(2, 4)}, 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        contrastive_loss({"a": torch.randn(2, 4), "b": torch.randn(2, 5)}, 0.1)
+
+
+def test_combine_losses_weighs_nce_and_requires_it_when_weighted():
+    terms = {"gen": torch.tensor(2.0), "align": torch.tensor(4.0), "sem": torch.tensor(10.0), "kd": torch.tensor(1.0)}
+    config = LossConfig(w_nce=0.25)
+    assert combine_losses(terms | {"nce": torch.tensor(8.0)}, config).item() == pytest.approx(5.3 + 2.0)
+    with pytest.raises(KeyError, match="w_nce"):
+        combine_losses(terms, config)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("loss.w_nce=-1", "loss.w_nce must be >= 0"),
+    ("loss.nce_temperature=0", "loss.nce_temperature must be positive"),
+])
+def test_nce_config_is_validated(override, expected):
+    from interlingua.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=expected):
+        load_config("tiny", [override])
+
+
+def _tiny_system(tiny_lms, tiny_config):
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.models.interlingua import InterlinguaModel
+    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.training.recipe import interlingua_spec
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    return InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+
+
+def test_batch_loss_computes_nce_only_when_weighted(tiny_lms, tiny_config, monkeypatch):
+    import interlingua.training.step as step_module
+    from interlingua.data.squad import load_squad
+    from interlingua.training.batches import TrainingStream
+    from tests.conftest import SQUAD_MINI
+
+    system = _tiny_system(tiny_lms, tiny_config)
+    forward = step_module.LearnedForward(system)
+    stream = TrainingStream(load_squad("train", str(SQUAD_MINI), None, 0), [lm.tokenizer for lm in tiny_lms.values()],
+                            tiny_config.data.max_prompt_tokens, 4, 1, 0)
+    micro = stream.micro_batches(0)[0]
+    calls = []
+    real = step_module.contrastive_loss
+    monkeypatch.setattr(step_module, "contrastive_loss", lambda zs, t: calls.append(t) or real(zs, t))
+    off = step_module.batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0))
+    assert calls == [] and "nce" not in off.terms
+    on = step_module.batch_loss(system, forward, micro.texts, micro.answers,
+                                LossConfig(w_kd=0.0, w_nce=0.5, nce_temperature=0.2))
+    assert calls == [0.2]
+    expected = real({k: z for k, z in on.zs.items()}, 0.2).item()  # zs are returned detached
+    assert on.terms["nce"] == pytest.approx(expected, rel=1e-5)
+    assert on.terms["total"] == pytest.approx(off.terms["total"] + 0.5 * expected, rel=1e-5)
+
+
+def test_training_with_nce_logs_the_term(tmp_path):
+    import json
+
+    from interlingua.config import ConfigError, load_config
+    from interlingua.constants import METRICS_LOG_FILE
+    from interlingua.training.recipe import TrainingRecipe, train
+    from tests.conftest import SQUAD_MINI
+
+    overrides = [f"data.source={SQUAD_MINI}", "loss.w_nce=0.5", "train.steps=2", "train.save_every=2"]
+    train(load_config("tiny", overrides), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / METRICS_LOG_FILE).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1]
+    for row in rows:
+        assert set(row["loss"]) == {"gen", "align", "sem", "kd", "nce", "total"}
+        assert 0 < row["loss"]["nce"] <= math.log(4) * 1.5  # B = 4: near log B for an untrained z
+    with pytest.raises(ConfigError, match=r"loss.w_nce > 0 .* 1 example\(s\); raise train.batch_size"):
+        TrainingRecipe(load_config("tiny", [*overrides, "train.batch_size=1"]), tmp_path / "bad")

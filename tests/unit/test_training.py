@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interlingua.config import load_config
+from interlingua.config import ConfigError, load_config
 from interlingua.constants import (
     CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FILE, METRICS_LOG_FILE, TRAINING_CURVES_PLOT,
     OPTIMIZER_STATE_FILE, RESOLVED_CONFIG_FILE, RUN_INFO_FILE, TRAINER_STATE_FILE,
@@ -30,8 +30,10 @@ from interlingua.training.batches import TrainingStream
 from interlingua.training.checkpoint import (
     optimizer_state_from_safe, optimizer_state_to_safe, rng_state, set_rng_state,
 )
-from interlingua.training.recipe import TrainingDivergedError, interlingua_spec, lr_factor, train
-from interlingua.training.step import LearnedForward, batch_loss
+from interlingua.training.recipe import (
+    TrainingDivergedError, interlingua_spec, lr_factor, stage_lr_factor, stage_of, train,
+)
+from interlingua.training.step import LearnedForward, Stage, batch_loss, loss_norm, reconstruction_targets
 from tests.conftest import REPO_ROOT, SQUAD_MINI
 
 
@@ -373,3 +375,294 @@ def test_two_process_ddp_on_cpu_matches_one_process(straight_run, tmp_path):
         for term, value in one["loss"].items():
             assert two["loss"][term] == pytest.approx(value, rel=1e-5, abs=1e-7), (two["step"], term)
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5), two["step"]
+
+
+# ---- reconstruction pretraining stage (pretrain.*) ---------------------------------------------
+# Steps 0-2 reconstruct, 3-4 answer; checkpoints at 2, 3 (end of the stage) and 4, 5 (save_every=2).
+PRETRAIN = ("interlingua.dropout=0.1", "pretrain.steps=3", "pretrain.warmup_steps=1", "pretrain.lr=1e-3",
+            "pretrain.tokens=16", "train.steps=2")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["pretrain.steps=-1"], "pretrain.steps must be >= 0"),
+    (["pretrain.tokens=0"], "pretrain.tokens must be positive"),
+    (["pretrain.lr=0"], "pretrain.lr must be positive or null"),
+    (["pretrain.warmup_steps=-1"], r"pretrain.warmup_steps must be in \[0, pretrain.steps=0\]"),
+    (["pretrain.steps=4", "pretrain.warmup_steps=5"], r"pretrain.warmup_steps must be in \[0, pretrain.steps=4\]"),
+    (["loss.w_rec=-1"], "loss.w_rec must be >= 0"),
+])
+def test_pretrain_config_is_validated(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        tiny(*overrides)
+
+
+def test_pretrain_defaults_keep_the_seed_and_old_configs_load():
+    from interlingua.config import config_from_dict, config_to_dict
+
+    config = tiny()
+    assert (config.pretrain.steps, config.pretrain.lr, config.loss.w_rec, config.loss.w_nce) == (0, None, 0.0, 0.0)
+    old = config_to_dict(config)  # a checkpoint's config from before these keys existed
+    del old["pretrain"], old["loss"]["w_rec"], old["loss"]["w_nce"], old["loss"]["nce_temperature"]
+    assert config_from_dict(old) == config
+    changed = tiny(*PRETRAIN)
+    assert config_from_dict(config_to_dict(changed)) == changed
+
+
+def test_each_stage_has_its_own_warmup_and_cosine():
+    config = tiny("pretrain.steps=4", "pretrain.warmup_steps=2", "pretrain.lr=1e-3", "train.steps=3")
+    assert [stage_of(s, config) for s in range(7)] == [Stage.RECONSTRUCT] * 4 + [Stage.QA] * 3
+    peak = 1e-3 / config.train.lr
+    expected = [peak * lr_factor(s, 2, 4) for s in range(4)] + [lr_factor(s, 1, 3) for s in range(4)]
+    factors = [stage_lr_factor(s, config) for s in range(8)]
+    assert factors == pytest.approx(expected)
+    assert factors[1] * config.train.lr == pytest.approx(1e-3) and factors[4] == 1.0  # both stages reach their peak
+    assert factors[3] < factors[2] and factors[7] == pytest.approx(0.0, abs=1e-12)
+    seed = tiny()  # no reconstruction stage: exactly the seed's schedule
+    assert [stage_lr_factor(s, seed) for s in range(5)] == [lr_factor(s, 1, 4) for s in range(5)]
+    assert stage_lr_factor(0, tiny("pretrain.steps=2", "pretrain.warmup_steps=0")) == 1.0  # lr null = train.lr
+
+
+def test_soft_prefix_takes_another_cue(tiny_lms):
+    from interlingua.constants import ANSWER_CUE, RECONSTRUCTION_CUE
+
+    lm = tiny_lms["tiny-qwen2"]  # no BOS
+    soft = torch.randn(2, 3, lm.hidden_size)
+    default, rec = lm.soft_prefix(soft), lm.soft_prefix(soft, cue=RECONSTRUCTION_CUE)
+    cue_ids = lm.tokenizer(RECONSTRUCTION_CUE, add_special_tokens=False).input_ids
+    assert rec.embeddings.shape[1] == 3 + len(cue_ids) and rec.mask.all()
+    torch.testing.assert_close(rec.embeddings[:, 3:], lm.embed(torch.tensor([cue_ids] * 2)))
+    answer_ids = lm.tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+    torch.testing.assert_close(default.embeddings[:, 3:], lm.embed(torch.tensor([answer_ids] * 2)))
+
+
+def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, tiny_config, monkeypatch):
+    """L_rec = Σ_models CE(first R tokens of the text the aligner read | [BOS?] + soft prompt + cue); the
+    QA terms (and their KD teacher) are not computed in the reconstruction stage."""
+    from interlingua.config import LossConfig
+    from interlingua.constants import RECONSTRUCTION_CUE
+    from interlingua.losses import k_token_ce
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.pipeline import InterlinguaSystem
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    monkeypatch.setattr(system, "kd_teacher", lambda *args: pytest.fail("no KD teacher in the reconstruction stage"))
+    micro = _stream(tiny_config, tiny_lms, batch_size=3, grad_accum=1).micro_batches(0)[0]
+    texts = micro.texts[:2] + ["Context: short\nQuestion: q?\nAnswer:"]  # shorter than R in one tokenizer
+    out = batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(),
+                     stage=Stage.RECONSTRUCT, rec_tokens=40)
+    assert set(out.terms) == {"rec", "align", "sem", "total"}
+    expected = 0.0
+    for key, lm in tiny_lms.items():
+        targets = reconstruction_targets(lm, texts, 40)
+        ids, mask = lm.tokenize_plain(texts)
+        assert torch.equal(targets.ids, ids[:, :40]) and torch.equal(targets.mask, mask[:, :40])
+        logits = lm.target_logits(lm.soft_prefix(out.soft_prompts[key], cue=RECONSTRUCTION_CUE), targets)
+        expected += k_token_ce(logits, targets.ids, targets.mask).item()
+    assert not reconstruction_targets(tiny_lms["tiny-qwen2"], texts, 40).mask[2].all()  # the short text is masked
+    assert out.terms["rec"] == pytest.approx(expected, rel=1e-5)
+    # Normalised by the global batch's target positions: a micro-batch that is the whole global batch
+    # gets the plain mean.
+    norm = loss_norm(tiny_lms, micro.answers, 4, texts, rec_tokens=40)
+    assert norm.rec_positions == {k: int(reconstruction_targets(lm, texts, 40).mask.sum()) for k, lm in tiny_lms.items()}
+    normed = batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(), norm,
+                        stage=Stage.RECONSTRUCT, rec_tokens=40)
+    assert normed.terms["rec"] == pytest.approx(out.terms["rec"], rel=1e-5)
+    with pytest.raises(ValueError, match="rec_tokens > 0"):
+        batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(), stage=Stage.RECONSTRUCT)
+
+
+def test_reconstruction_loss_decreases_with_training(tiny_lms, tiny_config):
+    from interlingua.config import LossConfig
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.pipeline import InterlinguaSystem
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    forward = LearnedForward(system)
+    optimizer = torch.optim.AdamW(forward.parameters(), lr=1e-2)
+    micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
+    config = LossConfig(w_align=0.0, w_sem=0.0)
+    losses = []
+    for _ in range(6):
+        out = batch_loss(system, forward, micro.texts, micro.answers, config, stage=Stage.RECONSTRUCT, rec_tokens=32)
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+        losses.append(out.terms["rec"])
+    # Random tiny LMs are nearly uniform (L_rec starts at log V summed over both models) and barely
+    # listen to their input, so the soft prompt can move the loss only a little: but steadily.
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+    """3 reconstruction steps then 2 QA steps, trained once for several tests."""
+    out = tmp_path_factory.mktemp("pretrain")
+    return out, train(tiny(*PRETRAIN), out, progress=False)
+
+
+def test_pretrain_stage_then_qa_stage(pretrain_run):
+    out, final = pretrain_run
+    assert final == out / "step_000005"
+    assert sorted(p.name for p in out.glob("step_*")) == [f"step_00000{s}" for s in (2, 3, 4, 5)]  # 3 = end of stage
+    state = json.loads((final / TRAINER_STATE_FILE).read_text())
+    assert (state["step"], state["examples_seen"]) == (5, 5 * 4)  # one stream over both stages
+    rows = metrics_rows(out)
+    assert [(r["step"], r["stage"]) for r in rows] == [
+        (0, "reconstruct"), (1, "reconstruct"), (2, "reconstruct"), (3, "qa"), (4, "qa")]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 5e-4, 3e-4, 3e-4])
+    for row in rows:
+        expected = {"rec", "align", "sem", "total"} if row["stage"] == "reconstruct" else {
+            "gen", "align", "sem", "kd", "total"}
+        assert set(row["loss"]) == expected, row["step"]
+    first = rows[0]["loss"]
+    assert first["total"] == pytest.approx(first["rec"] + 0.5 * first["align"] + 0.1 * first["sem"], rel=1e-5)
+
+
+@pytest.mark.parametrize("crash_step, resumed_from", [(2, "step_000002"), (4, "step_000004")])
+def test_resume_through_the_stage_boundary_is_exact(pretrain_run, tmp_path, monkeypatch, crash_step, resumed_from):
+    """Crash inside the reconstruction stage (resume from step 2, cross the boundary) or after it
+    (resume from step 4 in the QA stage); both end bit-identical to the straight run."""
+    original = recipe.TrainingRecipe._forward_backward
+
+    class SimulatedCrash(Exception):
+        pass
+
+    def crash(self, step):
+        if step == crash_step:
+            raise SimulatedCrash
+        return original(self, step)
+
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", crash)
+    with pytest.raises(SimulatedCrash):
+        train(tiny(*PRETRAIN), tmp_path, progress=False)
+    assert (tmp_path / LATEST_CHECKPOINT_FILE).read_text().strip() == resumed_from
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", original)
+
+    resumed = train(tiny(*PRETRAIN), tmp_path, resume=True, progress=False)
+    straight_dir, straight = pretrain_run
+    expected, got = tensors_of(straight), tensors_of(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    timeless = lambda rows: [{k: v for k, v in row.items() if k != "examples_per_s"} for row in rows]  # noqa: E731
+    assert timeless(metrics_rows(tmp_path)) == timeless(metrics_rows(straight_dir))  # losses, lr, stage, diagnostics
+
+
+def test_grad_accum_matches_one_big_batch_in_both_stages(tmp_path):
+    """L_rec is normalised over the global batch's real target positions: 2 × 2 == 4 × 1 in the
+    reconstruction stage and with L_rec as an extra QA term (loss.w_rec). R = 256 covers whole
+    prompts, so examples have different numbers of targets."""
+    common = ("pretrain.steps=1", "pretrain.warmup_steps=1", "pretrain.tokens=256", "loss.w_rec=0.5",
+              "train.steps=1", "train.save_every=2", "train.warmup_steps=1")
+    big = train(tiny(*common, "train.batch_size=4", "train.grad_accum=1"), tmp_path / "big", progress=False)
+    accum = train(tiny(*common, "train.batch_size=2", "train.grad_accum=2"), tmp_path / "accum", progress=False)
+    expected, got = tensors_of(big), tensors_of(accum)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    big_rows, accum_rows = metrics_rows(tmp_path / "big"), metrics_rows(tmp_path / "accum")
+    assert [set(r["loss"]) for r in big_rows] == [{"rec", "align", "sem", "total"},
+                                                 {"rec", "gen", "align", "sem", "kd", "total"}]
+    for big_row, accum_row in zip(big_rows, accum_rows):
+        for term, value in big_row["loss"].items():
+            assert accum_row["loss"][term] == pytest.approx(value, rel=1e-5, abs=1e-7), (big_row["step"], term)
+
+
+def test_training_curves_show_the_terms_of_both_stages(pretrain_run):
+    from interlingua.eval.plots import loss_terms
+
+    terms = loss_terms(metrics_rows(pretrain_run[0]))
+    assert {"rec", "gen", "kd"} <= set(terms)
+
+
+# ---- compression: quantisation-aware training and the L1 term (issue #4) ----------------------
+def _tiny_system(lms, config):
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.pipeline import InterlinguaSystem
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    return InterlinguaSystem(InterlinguaModel(interlingua_spec(config, lms, encoder)), lms, encoder)
+
+
+def test_qat_soft_prompt_is_made_from_the_wire_z(tiny_lms, tiny_config):
+    from interlingua.config import CompressionConfig, Precision
+    from interlingua.wire import dequantize, quantize
+
+    system = _tiny_system(tiny_lms, tiny_config)
+    texts = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0].texts
+    anchor = system.anchor(texts)
+    qat = CompressionConfig(precision=Precision.INT4, group_size=8, qat=True)
+    zs, soft_prompts, _ = LearnedForward(system, qat)(texts, anchor)
+    plain_zs, plain_prompts, _ = LearnedForward(system)(texts, anchor)
+    for key, z in zs.items():
+        assert torch.equal(z, plain_zs[key])  # the losses on z see the unquantised z
+        wire = torch.stack([dequantize(quantize(row, Precision.INT4, 8)) for row in z.detach()])  # (B, d_inter)
+        assert not torch.equal(wire, z.detach())
+        with torch.no_grad():
+            expected = system.model.soft_prompt(key, wire)  # (B, M, d_m)
+        assert torch.equal(soft_prompts[key].detach(), expected)  # bit for bit
+        assert not torch.equal(plain_prompts[key], soft_prompts[key])
+    # qat=false (the default) leaves the adapters reading z as is
+    off = LearnedForward(system, CompressionConfig(precision=Precision.INT4, group_size=8, qat=False))
+    assert all(torch.equal(a, b) for a, b in zip(off(texts, anchor)[1].values(), plain_prompts.values()))
+
+
+def test_qat_gradients_pass_straight_through_to_the_aligner(tiny_lms, tiny_config):
+    from interlingua.config import CompressionConfig, LossConfig, Precision
+
+    system = _tiny_system(tiny_lms, tiny_config)
+    micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
+    forward = LearnedForward(system, CompressionConfig(precision=Precision.INT4, group_size=8, qat=True))
+    only_gen = LossConfig(w_align=0.0, w_sem=0.0, w_kd=0.0)  # the aligner learns only through the soft prompt
+    batch_loss(system, forward, micro.texts, micro.answers, only_gen).total.backward()
+    for name, param in system.model.aligner.named_parameters():
+        if name.startswith(("input_proj", "refine", "cross")):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_l1_term_is_the_mean_absolute_z_and_absent_at_zero(tiny_lms, tiny_config):
+    from interlingua.config import LossConfig
+
+    system = _tiny_system(tiny_lms, tiny_config)
+    forward = LearnedForward(system)
+    micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
+    off = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0))
+    on = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0), l1=0.5)
+    assert "l1" not in off.terms and set(on.terms) == set(off.terms) | {"l1"}
+    expected = sum(z.abs().mean().item() for z in on.zs.values()) / len(on.zs)  # mean over models and elements
+    assert on.terms["l1"] == pytest.approx(expected, rel=1e-6)
+    assert on.terms["total"] == pytest.approx(off.terms["total"] + 0.5 * expected, rel=1e-6)
+
+
+def test_combine_losses_takes_the_l1_weight_from_compression():
+    from interlingua.config import LossConfig
+    from interlingua.losses import combine_losses
+
+    terms = {"gen": torch.tensor(1.0), "align": torch.tensor(1.0), "sem": torch.tensor(1.0)}
+    config = LossConfig(w_kd=0.0)
+    assert combine_losses(terms | {"l1": torch.tensor(4.0)}, config, {"l1": 0.25}).item() == pytest.approx(1.6 + 1.0)
+    with pytest.raises(KeyError, match="compression.l1=0.25"):
+        combine_losses(terms, config, {"l1": 0.25})
+    with pytest.raises(KeyError, match="l1"):
+        combine_losses(terms | {"l1": torch.tensor(4.0)}, config)  # a weight nobody passed
+    with pytest.raises(FloatingPointError, match="l1"):
+        combine_losses(terms | {"l1": torch.tensor(float("nan"))}, config, {"l1": 0.25})
+
+
+def test_training_with_qat_and_l1_quantises_and_logs_l1(tmp_path, monkeypatch):
+    import interlingua.training.step as step_module
+    from interlingua.config import Precision
+
+    calls = []
+    original = step_module.fake_quantize
+    monkeypatch.setattr(step_module, "fake_quantize", lambda z, p, g: calls.append((p, g)) or original(z, p, g))
+    config = tiny("compression.qat=true", "compression.precision=int8", "compression.group_size=16",
+                  "compression.l1=0.01", "train.steps=1", "train.warmup_steps=0")
+    train(config, tmp_path, progress=False)
+    assert calls and {(Precision(p).value, g) for p, g in calls} == {("int8", 16)}
+    assert set(metrics_rows(tmp_path)[0]["loss"]) == {"gen", "align", "sem", "kd", "l1", "total"}

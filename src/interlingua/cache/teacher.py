@@ -72,6 +72,7 @@ class KDTeacher:
             raise ValueError("caching the teacher needs top_k > 0 (full-vocabulary logits are too large to store)")
         self.lm, self.temperature, self.store = lm, temperature, store
         self.top_k = min(top_k, lm.model.get_output_embeddings().out_features) if top_k else 0
+        self._prompt_ids: dict[str, list[int]] = {}  # text -> token ids: each prompt is tokenised once per run
 
     @staticmethod
     def settings(lm: FrozenLM, temperature: float, top_k: int) -> dict:
@@ -96,7 +97,7 @@ class KDTeacher:
     @torch.no_grad()
     def targets(self, texts: list[str], targets: Targets) -> TeacherTargets:
         """The compact teacher of a batch; cached rows are read, the others computed in one forward."""
-        token_lists = [self.lm.prompt_token_ids(text) for text in texts]
+        token_lists = [self._token_ids(text) for text in texts]
         keys = [self._key(tokens, ids, mask) for tokens, ids, mask in zip(token_lists, targets.ids, targets.mask)]
         entries = [self.store.get(key) if self.store is not None else None for key in keys]
         missing = [row for row, entry in enumerate(entries) if entry is None]
@@ -115,6 +116,12 @@ class KDTeacher:
             topk_ids=torch.stack([e["ids"] for e in entries]).to(device, torch.long),
             logsumexp=torch.stack([e["lse"] for e in entries]).to(device, torch.float32),
         )
+
+    def _token_ids(self, text: str) -> list[int]:
+        ids = self._prompt_ids.get(text)
+        if ids is None:
+            ids = self._prompt_ids[text] = self.lm.prompt_token_ids(text)
+        return ids
 
     @staticmethod
     def _key(prompt_ids: list[int], target_ids: Tensor, target_mask: Tensor) -> str:

@@ -8,6 +8,10 @@ Every model sends (its text prompt -> ``z``) and every model receives (``z`` -> 
 * ``shuffled``: each example decoded from another example's ``z`` (a fixed seeded derangement, sender =
   receiver). It must fall to the question-only level if the answer really travels through ``z``.
 
+With ``interlingua.conditioning=hybrid`` (read from the checkpoint's spec) the senders encode
+``Context: …`` alone and every receiver reads the example's *own* question as text after the soft
+prompt, in all three modes. The shuffled row is then "this question + an unrelated context".
+
 Around the scores: cross-model agreement, interlingua distance, collapse diagnostics, and the size of
 the message (receiver positions, wire bytes) next to the text prompt it replaces.
 
@@ -26,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from interlingua.config import Config, ConfigError
-from interlingua.data.prompts import shared_text_prompt
+from interlingua.config import CompressionConfig, Conditioning, Config, ConfigError, Precision
+from interlingua.data.prompts import sender_prompt, shared_text_prompt
 from interlingua.data.squad import SquadExample
 from interlingua.eval.artifacts import gzip_bytes, utf8_bytes
 from interlingua.eval.baselines import summarize
@@ -35,11 +39,12 @@ from interlingua.eval.generation import generate_batched
 from interlingua.eval.metrics import normalize_answer, normalized_equal, per_example_scores
 from interlingua.losses import collapse_diagnostics
 from interlingua.pipeline import InterlinguaSystem
+from interlingua.wire.message import message_size
+from interlingua.wire.quantize import FLOAT_DTYPES, dequantize, quantize
 
 LATENT_MODES = ("latent", "shuffled", "cross")
 INFORMATION_FLOW_MARGIN_F1 = 2.0
 """F1 points (×100 scale) latent must beat both the shuffled-z control and question-only by."""
-FP32_BYTES = 4  # wire precision until the compression codec exists: raw fp32 values
 
 
 def evaluate_latent(
@@ -54,7 +59,8 @@ def evaluate_latent(
     Args:
         system: learned modules + frozen LLMs + encoder (put in eval mode here, then restored).
         examples: validation examples (at least 2, so that the shuffled control exists).
-        config: ``eval.batch_size``, ``eval.max_new_tokens``, ``data.max_prompt_tokens``, ``runtime.seed``.
+        config: ``eval.batch_size``, ``eval.max_new_tokens``, ``data.max_prompt_tokens``, ``runtime.seed``,
+            and ``compression.precision`` / ``group_size``: every z is decoded as the wire delivers it.
         text_rows: baseline rows (mode ``text``) of the same examples; adds text-baseline agreement.
     Returns:
         ``n × N·(N+1)`` rows for N models (``N`` latent + ``N`` shuffled + ``N·(N−1)`` cross per
@@ -66,8 +72,9 @@ def evaluate_latent(
         raise ConfigError(f"the shuffled-z control needs at least 2 examples, got {len(examples)}; raise eval.limit")
     keys = list(system.lms)
     with _eval_mode(system.model):
-        texts = prompt_texts(system, examples, config)
-        zs = {key: encode_all(system, key, texts, config, progress) for key in keys}
+        texts = sender_texts(system, examples, config)
+        # Every receiver decodes z as the wire delivers it at compression.precision (fp32: unchanged).
+        zs = {key: received_z(encode_all(system, key, texts, config, progress), config.compression) for key in keys}
         permutation = derangement(len(examples), config.runtime.seed)
         rows: list[dict] = []
         for receiver in keys:
@@ -77,16 +84,68 @@ def evaluate_latent(
             shuffled = zs[receiver][permutation]  # (n, ...): example i gets the z of example permutation[i]
             rows += decode_rows(system, examples, shuffled, receiver, receiver, "shuffled", config, progress,
                                 z_examples=[examples[j] for j in permutation])
-    return rows, latent_summary(system, rows, zs, texts, [e.id for e in examples], text_rows, config.runtime.seed)
+    hybrid = conditioning_of(system) == Conditioning.HYBRID
+    summary = latent_summary(
+        system, rows, zs, texts, [e.id for e in examples], text_rows, config.runtime.seed,
+        questions=[e.question for e in examples] if hybrid else None,
+        text_prompts=prompt_texts(system, examples, config) if hybrid else None,
+        compression=config.compression,
+    )
+    return rows, summary
+
+
+def evaluate_own_latent(
+    system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config, progress: bool = True
+) -> tuple[list[dict], dict]:
+    """Only the ``latent`` rows (each model decodes its own z, through the wire at ``compression.*``) and
+    their summary: the per-model scores and message sizes of a compression sweep cell, without the
+    cross-decode and shuffled-z controls (N decodes per example instead of N·(N+1)).
+
+    Args:
+        system, examples, config: as for :func:`evaluate_latent`.
+    Returns:
+        ``n × N`` rows, and the summary of :func:`latent_summary` over them (``scores`` hold ``latent`` only).
+    Raises:
+        ConfigError: fewer than 2 examples (collapse diagnostics and agreement need two).
+    """
+    if len(examples) < 2:
+        raise ConfigError(f"the latent evaluation needs at least 2 examples, got {len(examples)}; raise eval.limit")
+    with _eval_mode(system.model):
+        texts = sender_texts(system, examples, config)
+        zs = {key: received_z(encode_all(system, key, texts, config, progress), config.compression)
+              for key in system.lms}
+        rows = [row for key in system.lms
+                for row in decode_rows(system, examples, zs[key], key, key, "latent", config, progress)]
+    hybrid = conditioning_of(system) == Conditioning.HYBRID
+    summary = latent_summary(
+        system, rows, zs, texts, [e.id for e in examples], shuffle_seed=config.runtime.seed,
+        questions=[e.question for e in examples] if hybrid else None,
+        text_prompts=prompt_texts(system, examples, config) if hybrid else None,
+        compression=config.compression,
+    )
+    return rows, summary
 
 
 # ---- sending and receiving ---------------------------------------------------------------------
+def conditioning_of(system: InterlinguaSystem) -> Conditioning:
+    """``interlingua.conditioning`` the learned modules were trained with."""
+    return system.model.spec.interlingua.conditioning
+
+
 def prompt_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> list[str]:
-    """The raw text prompt each example sends, the same for every sender and the anchor and the same as
-    training reads: cut to fit ``data.max_prompt_tokens`` in every model's tokenizer."""
+    """The raw text prompt of each example (``Context: …\\nQuestion: …\\nAnswer:``), the same as training
+    reads: cut to fit ``data.max_prompt_tokens`` in every model's tokenizer."""
     tokenizers = [lm.tokenizer for lm in system.lms.values()]
     budget = config.data.max_prompt_tokens
     return [shared_text_prompt(tokenizers, e.context, e.question, budget) for e in examples]
+
+
+def sender_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> list[str]:
+    """What each example sends, the same for every sender and the anchor and the same as training reads:
+    :func:`prompt_texts` (``full``) or ``Context: …`` alone (``hybrid``), cut to fit every tokenizer."""
+    tokenizers = [lm.tokenizer for lm in system.lms.values()]
+    budget, conditioning = config.data.max_prompt_tokens, conditioning_of(system)
+    return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
 
 
 def encode_all(system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool) -> Tensor:
@@ -106,6 +165,23 @@ def encode_all(system: InterlinguaSystem, sender: str, texts: Sequence[str], con
     return torch.stack(rows)  # (n, d_inter) or (n, M, d_inter)
 
 
+def received_z(z: Tensor, compression: CompressionConfig) -> Tensor:
+    """What a receiver decodes from each row of ``z`` sent at ``compression.precision`` /
+    ``group_size``: ``dequantize(quantize(z[i]))``, the wire's own arithmetic (fp32: ``z`` itself).
+
+    Args:
+        z: ``(n, ...)`` fp32 on the CPU, one message per row.
+    Returns:
+        fp32 tensor of ``z``'s shape.
+    Raises:
+        ValueError: a row the precision cannot carry (NaN/inf, out of range); the message says which.
+    """
+    precision = Precision(compression.precision)
+    if precision is Precision.FP32:
+        return z
+    return torch.stack([dequantize(quantize(row, precision, compression.group_size)) for row in z])
+
+
 def decode_rows(
     system: InterlinguaSystem,
     examples: Sequence[SquadExample],
@@ -120,15 +196,18 @@ def decode_rows(
     """Greedy answers of ``receiver`` from ``z[i]`` for each example ``i``, scored; one row each.
 
     Args:
-        z: ``(n, ...)`` interlinguas, row ``i`` decoded for ``examples[i]``.
+        z: ``(n, ...)`` interlinguas, row ``i`` decoded for ``examples[i]`` (with ``examples[i]``'s
+            question after the soft prompt when the conditioning is ``hybrid``).
         z_examples: the example each ``z`` row was encoded from (default: ``examples``), kept as ``z_id``.
     """
     lm = system.lms[receiver]
+    hybrid = conditioning_of(system) == Conditioning.HYBRID
 
     def generate(indices: list[int]) -> list[str]:
         with torch.no_grad():
             soft = system.soft_prompt(receiver, z[indices].to(system.device))  # (b, M, d_receiver)
-        return lm.generate_from_soft_prompt(soft, config.eval.max_new_tokens)
+        questions = [examples[i].question for i in indices] if hybrid else None
+        return lm.generate(lm.soft_prefix(soft, questions=questions), config.eval.max_new_tokens)
 
     predictions = generate_batched(
         list(range(len(examples))), generate, config.eval.batch_size,
@@ -185,13 +264,21 @@ def latent_summary(
     ids: Sequence[str],
     text_rows: Sequence[dict] | None = None,
     shuffle_seed: int = 0,
+    questions: Sequence[str] | None = None,
+    text_prompts: Sequence[str] | None = None,
+    compression: CompressionConfig | None = None,
 ) -> dict:
     """Scores, cross-decode matrix, agreement, distance, collapse and message sizes.
 
+    Args:
+        texts: what each example sent (the text z replaces).
+        questions, text_prompts: ``hybrid`` only: each example's question (read as text by the
+            receiver) and its whole text prompt (see :func:`message_sizes`).
+        compression: the wire the messages travel on (see :func:`message_sizes`); default fp32.
     Returns:
-        ``{"n", "shuffle_seed", "scores": {model: {latent, shuffled}}, "cross_decode": {sender: {receiver}},
-        "agreement": {"latent": [...], "text": [...]}, "distance": [...], "collapse": {model},
-        "messages": {model}}``; scores ×100, agreement shares in [0, 1].
+        ``{"n", "shuffle_seed", "conditioning", "scores": {model: {latent, shuffled}}, "cross_decode":
+        {sender: {receiver}}, "agreement": {"latent": [...], "text": [...]}, "distance": [...],
+        "collapse": {model}, "messages": {model}}``; scores ×100, agreement shares in [0, 1].
     """
     latent_predictions = predictions_by_model(rows, "latent", ids)
     agreements = {"latent": agreement(latent_predictions)}
@@ -200,6 +287,7 @@ def latent_summary(
     return {
         "n": len(ids),
         "shuffle_seed": shuffle_seed,
+        "conditioning": conditioning_of(system).value,
         "scores": summarize(r for r in rows if r["mode"] != "cross"),
         "cross_decode": cross_decode_matrix(rows),
         "agreement": agreements,
@@ -208,7 +296,9 @@ def latent_summary(
             key: {**collapse_diagnostics(z), "distinct_prediction_share": distinct_share(latent_predictions[key])}
             for key, z in zs.items()
         },
-        "messages": {key: message_sizes(system, key, zs[key], texts) for key in zs},
+        "messages": {
+            key: message_sizes(system, key, zs[key], texts, text_prompts, questions, compression) for key in zs
+        },
     }
 
 
@@ -261,23 +351,46 @@ def distinct_share(predictions: Sequence[str]) -> float:
     return len({normalize_answer(p) for p in predictions}) / len(predictions)
 
 
-def message_sizes(system: InterlinguaSystem, key: str, z: Tensor, texts: Sequence[str]) -> dict:
-    """What the receiver reads and what travels, next to the text prompt it replaces.
+def message_sizes(
+    system: InterlinguaSystem,
+    key: str,
+    z: Tensor,
+    texts: Sequence[str],
+    text_prompts: Sequence[str] | None = None,
+    questions: Sequence[str] | None = None,
+    compression: CompressionConfig | None = None,
+) -> dict:
+    """What the receiver reads and what travels, next to the text it replaces.
 
+    Args:
+        z: ``(n, ...)``; the shape of one row is the shape of one message's z.
+        texts: what was sent through z (the text prompt; ``Context: …`` in hybrid mode).
+        text_prompts: the whole text prompts the text baseline reads; default ``texts``.
+        questions: hybrid mode: the questions the receiver reads after its soft prompt.
+        compression: ``precision`` and ``group_size`` of the wire; default fp32.
     Returns:
-        soft-prompt positions (BOS + M + answer cue, measured on the prefix the model reads), the text
-        prompt's mean token count (BOS and chat template included), wire bytes of one ``z`` (fp32),
-        and the mean UTF-8 / gzip bytes of the raw prompt text.
+        soft-prompt positions (BOS + M + answer cue, or in hybrid mode the mean of BOS + M + question
+        suffix, measured on the prefixes the model reads), the text prompt's mean token count (BOS and
+        chat template included), the wire precision and group size (null for float precisions), the bytes
+        of one whole wire message (``wire.message_size``: header, scales, payload, checksum), and the mean
+        UTF-8 / gzip bytes of the raw text ``z`` replaces.
     """
+    precision = Precision(compression.precision if compression else Precision.FP32)
+    group_size = None if precision in FLOAT_DTYPES else compression.group_size
     lm = system.lms[key]
     slots = system.model.spec.interlingua.num_slots
     probe = torch.zeros(1, slots, lm.hidden_size, device=lm.device, dtype=lm.dtype)  # (1, M, d)
+    if questions is None:
+        positions = lm.soft_prefix(probe).embeddings.shape[1]
+    else:
+        positions = mean(lm.soft_prefix(probe, questions=[q]).embeddings.shape[1] for q in questions)
     return {
         "num_slots": slots,
-        "soft_prompt_positions": lm.soft_prefix(probe).embeddings.shape[1],
-        "mean_text_prompt_tokens": mean(len(lm.prompt_token_ids(t)) for t in texts),
-        "wire_precision": "fp32",
-        "wire_bytes": z[0].numel() * FP32_BYTES,
+        "soft_prompt_positions": positions,
+        "mean_text_prompt_tokens": mean(len(lm.prompt_token_ids(t)) for t in (text_prompts or texts)),
+        "wire_precision": precision.value,
+        "wire_group_size": group_size,
+        "wire_bytes": message_size(tuple(z.shape[1:]), precision, group_size or 0),
         "mean_prompt_utf8_bytes": mean(utf8_bytes(t) for t in texts),
         "mean_prompt_gzip_bytes": mean(gzip_bytes(t) for t in texts),
     }

@@ -72,6 +72,12 @@ def plot_f1_by_row(baselines: dict, latent: dict, path: Path) -> Path:
     return path
 
 
+def loss_terms(rows: list[dict]) -> list[str]:
+    """Every loss term logged in ``metrics.jsonl`` rows, in first-seen order (the reconstruction and QA
+    stages log different terms)."""
+    return list(dict.fromkeys(term for row in rows for term in row["loss"]))
+
+
 def plot_training_curves(metrics_log: Path, path: Path) -> Path:
     """Training curves from ``metrics.jsonl``: each loss term (log scale) and, per model, the mean
     pairwise cosine of z across different prompts (collapse shows as a climb to 1).
@@ -89,7 +95,7 @@ def plot_training_curves(metrics_log: Path, path: Path) -> Path:
     fig = Figure(figsize=(11, 4))
     FigureCanvasAgg(fig)
     losses, collapse = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for term in rows[0]["loss"]:
+    for term in loss_terms(rows):
         values = [row["loss"].get(term) for row in rows]
         losses.plot(steps, [np.nan if v is None else v for v in values], label=term)
     losses.set_yscale("log")

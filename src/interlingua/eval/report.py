@@ -14,6 +14,18 @@ MODE_TITLES = {
     "shuffled": "shuffled-z control",
 }
 EVAL_ROWS = ("text", "token_budget", "question_only", "latent", "shuffled")  # per-model rows of the eval report
+CONDITIONING_NOTES = {  # interlingua.conditioning of the checkpoint: what the latent rows' receivers read
+    "full": "the whole prompt (context and question) travels through z; after the soft prompt the receiver "
+            "reads only the answer cue.",
+    "hybrid": "only the context travels through z; the receiver reads the example's own question as text after "
+              "the soft prompt (latent, cross and shuffled-z rows alike), so the shuffled-z row is *this question "
+              "+ an unrelated context* and the question-only row is the level it should fall to.",
+}
+POSITION_NOTES = {
+    "full": "positions = BOS + M soft tokens + answer cue.",
+    "hybrid": "positions = BOS + M soft tokens + `\\nQuestion: …\\nAnswer:` (mean); prompt bytes are those of "
+              "the context prompt z replaces (`Context: …`).",
+}
 
 
 def header(title: str, info: dict, n: int) -> list[str]:
@@ -70,7 +82,9 @@ def eval_report(metrics: dict) -> str:
     latent, baselines = metrics["latent"], metrics["baselines"]
     lines = header("interlingua evaluation", metrics["run"], latent["n"])
     checkpoint = metrics["checkpoint"]
-    lines += [f"- checkpoint: `{checkpoint['path']}` (fingerprint `{checkpoint['fingerprint']}`)", ""]
+    lines += [f"- checkpoint: `{checkpoint['path']}` (fingerprint `{checkpoint['fingerprint']}`)"]
+    conditioning = latent.get("conditioning", "full")  # absent from results written before hybrid existed
+    lines += [f"- conditioning: `{conditioning}` — {CONDITIONING_NOTES[conditioning]}", ""]
     lines += _information_flow_lines(metrics["information_flow"], latent["n"])
     for model in latent["scores"]:
         lines += [f"## {model} (text prompt format: {metrics['prompt_formats'].get(model, '?')})", ""]
@@ -86,7 +100,7 @@ def eval_report(metrics: dict) -> str:
         lines += [f"## {title}", "", table, ""]
     lines.append(
         f"Shuffled-z: each example decoded from another example's z (seeded derangement, seed "
-        f"{latent['shuffle_seed']}). Wire bytes are raw fp32 z values; positions = BOS + M soft tokens + answer cue."
+        f"{latent['shuffle_seed']}). Wire bytes are raw fp32 z values; {POSITION_NOTES[conditioning]}"
     )
     return "\n".join(lines) + "\n"
 

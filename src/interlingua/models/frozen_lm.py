@@ -18,6 +18,7 @@ from torch import Tensor
 
 from interlingua.config import ModelConfig, PromptFormat
 from interlingua.constants import ANSWER_CUE, CHAT_SYSTEM_INSTRUCTION
+from interlingua.data.prompts import question_suffix
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,18 @@ class FrozenLM:
         return Targets(ids.to(self.device), mask.to(self.device))
 
     # ---- prefixes ----------------------------------------------------------------------------
-    def soft_prefix(self, soft_prompt: Tensor) -> Prefix:
-        """``[BOS?] + soft prompt + embed(answer cue)``: ``(B, M, d)`` -> prefix ``(B, b + M + c, d)``."""
+    def soft_prefix(self, soft_prompt: Tensor, *, cue: str | None = None, questions: list[str] | None = None) -> Prefix:
+        """``[BOS?] + soft prompt + embed(cue)``: ``(B, M, d)`` -> prefix ``(B, b + M + c, d)``; ``cue``
+        defaults to the answer cue (e.g. ``RECONSTRUCTION_CUE`` in the reconstruction stage).
+
+        With ``questions`` (``interlingua.conditioning=hybrid``) row ``i`` ends with
+        ``embed("\\nQuestion: {questions[i]}\\nAnswer:")`` instead of the cue; see :meth:`question_prefix`."""
+        if questions is not None:
+            if cue is not None:
+                raise ValueError("soft_prefix takes a cue or questions, not both (questions end with the answer cue)")
+            return self.question_prefix(soft_prompt, questions)
         batch = soft_prompt.shape[0]
-        cue_ids = self.tokenizer(ANSWER_CUE, add_special_tokens=False).input_ids
+        cue_ids = self.tokenizer(ANSWER_CUE if cue is None else cue, add_special_tokens=False).input_ids
         if self.bos_id is not None:
             head = self.embed(torch.tensor([[self.bos_id]], device=self.device)).expand(batch, -1, -1)
         else:
@@ -173,6 +182,29 @@ class FrozenLM:
         embeddings = torch.cat([head, soft_prompt.to(self.dtype), cue], dim=1)  # (B, b + M + c, d)
         mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=self.device)
         return Prefix(embeddings, mask)
+
+    def question_prefix(self, soft_prompt: Tensor, questions: list[str]) -> Prefix:
+        """``[BOS?] + soft prompt + embed(question_suffix(q))`` per row, left-padded (the suffixes differ
+        in length): ``(B, M, d)`` -> prefix ``(B, b + M + max_i s_i, d)`` and its mask.
+
+        The suffix is the text prompt's own ``\\nQuestion: …\\nAnswer:`` (``data.prompts.question_suffix``),
+        tokenised without special tokens.
+        Raises:
+            ValueError: ``len(questions)`` is not the batch size.
+        """
+        if len(questions) != soft_prompt.shape[0]:
+            raise ValueError(f"{self.key}: {len(questions)} questions for a batch of {soft_prompt.shape[0]} soft prompts")
+        head = [self.bos_id] if self.bos_id is not None else []
+        suffixes = [self.tokenizer(question_suffix(q), add_special_tokens=False).input_ids for q in questions]
+        width = len(head) + soft_prompt.shape[1] + max(len(s) for s in suffixes)
+        rows, mask = [], torch.zeros(len(questions), width, dtype=torch.bool, device=self.device)
+        for row, (soft, suffix) in enumerate(zip(soft_prompt, suffixes)):
+            pad = width - len(head) - soft.shape[0] - len(suffix)
+            before = self.embed(torch.tensor([[self.tokenizer.pad_token_id] * pad + head], dtype=torch.long))[0]  # (pad + b, d)
+            after = self.embed(torch.tensor([suffix], dtype=torch.long))[0]  # (s_i, d)
+            rows.append(torch.cat([before, soft.to(self.dtype), after]))  # (width, d)
+            mask[row, pad:] = True
+        return Prefix(torch.stack(rows), mask)
 
     def text_prefix(self, prompts: list[str]) -> Prefix:
         """Text prompts (formatted per ``prompt_format``), left-padded: prefix ``(B, P, d)``."""

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interlingua.config import AnchorKind, InterlinguaConfig, Pooling
+from interlingua.config import AnchorKind, Conditioning, InterlinguaConfig, Pooling
 from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from interlingua.models.adapter import InterlinguaAdapter
 from interlingua.models.aligner import AlignmentTransformer, module_key
@@ -59,6 +59,7 @@ class InterlinguaSpec:
             raise CheckpointError(f"checkpoint format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
         raw = dict(data["interlingua"])
         raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
+        raw["conditioning"] = Conditioning(raw.get("conditioning", Conditioning.FULL))  # absent before hybrid existed
         return cls(
             models=[FrozenModelInfo(**m) for m in data["models"]], encoder=data["encoder"], d_sem=data["d_sem"],
             interlingua=InterlinguaConfig(**raw),

@@ -19,7 +19,9 @@ step stays a pure function of ``(seed, W, G, step)``.
 
 Every model reads the same prompt text (the sentence encoder too): the text prompt with its context
 cut to fit ``data.max_prompt_tokens`` under *every* model's tokenizer (the shortest of the per-model
-cuts).
+cuts). With ``interlingua.conditioning=hybrid`` the senders and the encoder read the context prompt
+``Context: …`` (cut the same way, question not counted), the student reads the question as text after
+its soft prompt, and the KD teacher still reads the whole text prompt.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from interlingua.data.prompts import shared_text_prompt
+from interlingua.config import Conditioning
+from interlingua.data.prompts import sender_prompt, shared_text_prompt
 from interlingua.data.squad import SquadExample
 
 
@@ -38,9 +41,20 @@ class TrainItem:
     """One training example as the step reads it."""
 
     text: str
-    """Text prompt ``Context: …\\nQuestion: …\\nAnswer:``, cut to the token budget of every model."""
+    """What the KD teacher reads: the text prompt ``Context: …\\nQuestion: …\\nAnswer:``, cut to the
+    token budget of every model (also what the senders read with ``conditioning=full``)."""
     answer: str
     """The first gold answer: the target of L_gen and the positions of L_kd."""
+    sender_text: str | None = None
+    """What the senders (aligner) and the anchor read when it is not ``text``: ``Context: …`` with
+    ``conditioning=hybrid``; None with ``full``."""
+    question: str | None = None
+    """``conditioning=hybrid``: the question the student reads as text after its soft prompt; else None."""
+
+    @property
+    def sender(self) -> str:
+        """The text the aligner and the sentence encoder read."""
+        return self.text if self.sender_text is None else self.sender_text
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,17 @@ class MicroBatch:
     def answers(self) -> list[str]:
         return [item.answer for item in self.items]
 
+    @property
+    def sender_texts(self) -> list[str]:
+        """What the aligner and the anchor read (= ``texts`` with ``conditioning=full``)."""
+        return [item.sender for item in self.items]
+
+    @property
+    def questions(self) -> list[str] | None:
+        """The questions the student reads after its soft prompt (``hybrid``); None with ``full``."""
+        questions = [item.question for item in self.items]
+        return None if all(q is None for q in questions) else questions
+
 
 class TrainingStream:
     """The seeded stream of training items and the batches each step reads from it.
@@ -69,6 +94,7 @@ class TrainingStream:
         grad_accum: ``train.grad_accum`` (micro-batches per optimizer step).
         seed: seeds the epoch permutations (``data.seed``).
         bucket_window: ``data.bucket_window``: global batches sorted by length together (0 = off).
+        conditioning: ``interlingua.conditioning``: what the senders read (see :class:`TrainItem`).
     Raises:
         ValueError: no examples, or a micro-batch that cannot be split over the processes.
     """
@@ -82,6 +108,7 @@ class TrainingStream:
         grad_accum: int,
         seed: int,
         bucket_window: int = 0,
+        conditioning: Conditioning = Conditioning.FULL,
     ):
         if not examples:
             raise ValueError("no training examples: check data.source and data.train_limit")
@@ -94,6 +121,7 @@ class TrainingStream:
         if bucket_window < 0:
             raise ValueError(f"data.bucket_window must be >= 0, got {bucket_window}")
         self.bucket_window = bucket_window
+        self.conditioning = Conditioning(conditioning)
 
     @property
     def global_batch_size(self) -> int:
@@ -148,10 +176,14 @@ class TrainingStream:
         return [MicroBatch(chunk[rank::world_size]) for chunk in chunks]
 
     def item(self, index: int) -> TrainItem:
-        """Training item of example ``index``: its prompt cut to fit every tokenizer, first gold answer."""
+        """Training item of example ``index``: its prompt(s) cut to fit every tokenizer, first gold answer."""
         example = self.examples[index]
         text = shared_text_prompt(self.tokenizers, example.context, example.question, self.max_prompt_tokens)
-        return TrainItem(text=text, answer=example.answers[0])
+        if self.conditioning == Conditioning.FULL:
+            return TrainItem(text=text, answer=example.answers[0])
+        sender = sender_prompt(self.tokenizers, example.context, example.question, self.max_prompt_tokens,
+                               self.conditioning)
+        return TrainItem(text=text, answer=example.answers[0], sender_text=sender, question=example.question)
 
     def _example_index(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.examples))

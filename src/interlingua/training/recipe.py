@@ -13,8 +13,14 @@ so 1 or N processes, and any ``batch_size × grad_accum`` split of the same glob
 same update up to float rounding.
 
 Step ``s`` (0-based) is the ``(s+1)``-th optimizer update; checkpoint ``step_000050`` holds the
-state after 50 updates. A NaN/inf loss term or gradient norm stops training with
-:class:`TrainingDivergedError` before anything is saved, so the last good checkpoint stays as it was.
+state after 50 updates. With ``pretrain.steps = P > 0`` the steps ``[0, P)`` are the reconstruction
+stage and ``[P, P + train.steps)`` the QA stage: one step counter, one data stream (step ``s`` reads
+the ``s``-th global batch in both), checkpoints named by the global step (also one at ``P``, the end
+of the reconstruction stage), and one warmup + cosine learning-rate schedule per stage; the AdamW
+moments carry over from one stage to the next.
+
+A NaN/inf loss term or gradient norm stops training with :class:`TrainingDivergedError` before
+anything is saved, so the last good checkpoint stays as it was.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from interlingua.training.checkpoint import (
     set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
-from interlingua.training.step import LearnedForward, LossNorm, StepLoss, batch_loss, loss_norm
+from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def train(config: Config, output_dir: Path, resume: bool = False, progress: bool
         resume: continue exactly from the checkpoint ``output_dir/latest`` names.
         progress: show a progress bar (main process only).
     Returns:
-        The final checkpoint folder (``step_<train.steps>``).
+        The final checkpoint folder (``step_<pretrain.steps + train.steps>``).
     Raises:
         TrainingDivergedError: a loss term or the gradient norm is NaN/inf (names the term and step).
         CheckpointError: resuming from a missing, damaged or incompatible checkpoint, or starting a
@@ -91,6 +97,26 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
+def total_steps(config: Config) -> int:
+    """Optimizer steps of the whole run: the reconstruction stage, then the QA stage."""
+    return config.pretrain.steps + config.train.steps
+
+
+def stage_of(step: int, config: Config) -> Stage:
+    """The stage optimizer step ``step`` (0-based, global) belongs to."""
+    return Stage.RECONSTRUCT if step < config.pretrain.steps else Stage.QA
+
+
+def stage_lr_factor(step: int, config: Config) -> float:
+    """Multiplier of ``train.lr`` at global step ``step``: each stage has its own :func:`lr_factor`
+    schedule over its own steps; the reconstruction stage peaks at ``pretrain.lr`` (default train.lr)."""
+    pretrain, qa = config.pretrain, config.train
+    if step < pretrain.steps:
+        peak = (pretrain.lr or qa.lr) / qa.lr
+        return peak * lr_factor(step, pretrain.warmup_steps, pretrain.steps)
+    return lr_factor(step - pretrain.steps, qa.warmup_steps, qa.steps)
+
+
 def interlingua_spec(config: Config, lms: dict, encoder) -> InterlinguaSpec:
     """The learned modules' shapes for ``config`` and the loaded frozen models."""
     d_sem = encoder.token_dim if config.interlingua.anchor == AnchorKind.TOKENS else encoder.dim
@@ -108,12 +134,21 @@ class TrainingRecipe:
             raise ConfigError(f"training needs at least two models, got {len(config.models)}; add one under models")
         self.config, self.output_dir = config, output_dir
         on_cpu = resolve_device(config.runtime.device).type == "cpu"
-        # Without L_gen and L_kd the adapters get no gradient; DDP must then look for unused parameters.
-        adapters_unused = not (config.loss.w_gen or config.loss.w_kd)
+        # Without a token loss (L_gen, L_kd, L_rec) the adapters get no gradient; DDP must then look for
+        # unused parameters. The reconstruction stage always trains L_rec.
+        loss = config.loss
+        adapters_unused = not (loss.w_gen or loss.w_kd or loss.w_rec)
         self.accelerator = Accelerator(
             cpu=on_cpu, mixed_precision="no" if on_cpu else "bf16",  # DESIGN §4.8: fp32 on CPU, bf16 autocast on CUDA
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapters_unused)],
         )
+        per_process = config.train.batch_size // self.accelerator.num_processes
+        if loss.w_nce and per_process < 2:
+            raise ConfigError(
+                f"loss.w_nce > 0 takes its negatives from the micro-batch, which has train.batch_size / "
+                f"processes = {per_process} example(s); raise train.batch_size to at least 2 per process "
+                "or set loss.w_nce=0"
+            )
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main
         self.step = 0
@@ -129,11 +164,10 @@ class TrainingRecipe:
         model = InterlinguaModel(interlingua_spec(cfg, self.lms, encoder)).to(acc.device)
         self.system = InterlinguaSystem(model, self.lms, encoder)
         self.caches = install_caches(self.system, cfg)  # cached KD teachers and anchors (cache.*)
-        forward = LearnedForward(self.system)
+        forward = LearnedForward(self.system, cfg.compression)  # compression.qat: adapters read the wire's z
         optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        warmup_cosine = partial(lr_factor, warmup=cfg.train.warmup_steps, total=cfg.train.steps)
         # Not prepared: accelerate would step a prepared scheduler once per process.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(stage_lr_factor, config=cfg))
         if resume:
             self._resume(model, optimizer)
         # Only the learned modules are prepared (DDP-wrapped with several processes).
@@ -142,6 +176,7 @@ class TrainingRecipe:
         self.stream = TrainingStream(
             examples, [lm.tokenizer for lm in self.lms.values()], cfg.data.max_prompt_tokens,
             cfg.train.batch_size, cfg.train.grad_accum, cfg.data.seed, cfg.data.bucket_window,
+            conditioning=cfg.interlingua.conditioning,
         )
         self.stream.micro_batches(0, acc.process_index, acc.num_processes)  # fail early on a bad split
         if self.is_main:
@@ -149,7 +184,7 @@ class TrainingRecipe:
             prepare_run_dir(cfg, self.output_dir)
             write_json(self.output_dir / RUN_INFO_FILE, info)
             self.metrics = MetricsLog(self.output_dir / METRICS_LOG_FILE, start_step=self.step)
-        self.bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+        self.bar = tqdm(total=total_steps(cfg), initial=self.step, desc="train", unit="step",
                         disable=not self.progress, dynamic_ncols=True)
         if self._rng_after_setup is not None:
             set_rng_state(self._rng_after_setup)  # last: setup itself draws random numbers (model init)
@@ -173,8 +208,10 @@ class TrainingRecipe:
         directory = latest_checkpoint(self.output_dir)
         state = restore_checkpoint(directory, model, optimizer, self.scheduler)
         self.step = state["step"]
-        if self.step > self.config.train.steps:
-            raise CheckpointError(f"{directory} is past train.steps={self.config.train.steps}; raise train.steps")
+        if self.step > total_steps(self.config):
+            raise CheckpointError(
+                f"{directory} is past pretrain.steps + train.steps = {total_steps(self.config)}; raise train.steps"
+            )
         _warn_config_changes(state["config"], config_to_dict(self.config))
         rngs, acc = state["rng"], self.accelerator
         if len(rngs) == acc.num_processes:
@@ -187,8 +224,8 @@ class TrainingRecipe:
     # ---- train ------------------------------------------------------------------------------------
     def train(self) -> Path:
         """Run the remaining optimizer steps; returns the final checkpoint folder."""
-        cfg = self.config.train
-        for step in range(self.step, cfg.steps):
+        cfg, total = self.config.train, total_steps(self.config)
+        for step in range(self.step, total):
             started = time.perf_counter()
             terms, diagnostics = self._forward_backward(step)
             grad_norm = self._clip_gradients(step)
@@ -198,9 +235,9 @@ class TrainingRecipe:
             self.optimizer.zero_grad(set_to_none=True)
             self.step = step + 1
             self._log(step, lr, terms, grad_norm, diagnostics, time.perf_counter() - started)
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.save_every == 0 or self.step in (total, self.config.pretrain.steps):
                 self.save_checkpoint()
-        return checkpoint_dir(self.output_dir, cfg.steps)
+        return checkpoint_dir(self.output_dir, total)
 
     def _forward_backward(self, step: int) -> tuple[dict[str, float], dict | None]:
         """Forward + backward of this process's micro-batches of ``step``; gradients accumulate.
@@ -211,7 +248,10 @@ class TrainingRecipe:
         """
         acc = self.accelerator
         micro_batches = self.stream.micro_batches(step, acc.process_index, acc.num_processes)
-        norm = loss_norm(self.lms, self.stream.global_answers(step), self.config.loss.k_tokens)
+        cfg = self.config
+        rec_tokens = cfg.pretrain.tokens if stage_of(step, cfg) == Stage.RECONSTRUCT or cfg.loss.w_rec else 0
+        texts = [item.sender for item in self.stream.global_batch(step)] if rec_tokens else None
+        norm = loss_norm(self.lms, self.stream.global_answers(step), cfg.loss.k_tokens, texts, rec_tokens)
         sums: dict[str, float] = {}
         diagnostics = None
         for index, micro in enumerate(micro_batches):
@@ -233,7 +273,11 @@ class TrainingRecipe:
         out, error = None, None
         try:
             with self.accelerator.autocast():
-                out = batch_loss(self.system, self.forward, micro.texts, micro.answers, self.config.loss, norm)
+                out = batch_loss(
+                    self.system, self.forward, micro.texts, micro.answers, self.config.loss, norm,
+                    stage=stage_of(step, self.config), rec_tokens=self.config.pretrain.tokens,
+                    sender_texts=micro.sender_texts, questions=micro.questions, l1=self.config.compression.l1,
+                )
         except FloatingPointError as err:
             error = str(err)
         errors = [e for e in gather_object([error]) if e]  # a lone process raising would hang the others
@@ -253,13 +297,15 @@ class TrainingRecipe:
         latest = latest_checkpoint(self.output_dir)
         kept = f"the last good checkpoint, {latest}, is kept" if latest else "no checkpoint had been written yet"
         return TrainingDivergedError(
-            f"training stopped at step {step} (update {step + 1} of {self.config.train.steps}): {what}; "
+            f"training stopped at step {step} (update {step + 1} of {total_steps(self.config)}): {what}; "
             f"{kept} and nothing was saved after it. Lower train.lr, raise train.warmup_steps or set "
             "train.grad_clip, then continue with --resume."
         )
 
     def _logs(self, step: int) -> bool:
-        return step % self.config.train.log_every == 0 or step == self.config.train.steps - 1
+        """Every ``train.log_every`` steps, the first step of each stage and the last step."""
+        cfg = self.config
+        return step % cfg.train.log_every == 0 or step in (total_steps(cfg) - 1, cfg.pretrain.steps)
 
     def _log(
         self, step: int, lr: float, terms: dict, grad_norm: float, diagnostics: dict | None, seconds: float
@@ -268,7 +314,8 @@ class TrainingRecipe:
         self.bar.update(1)
         if self.is_main and self._logs(step):
             self.metrics.write({
-                "step": step, "lr": lr, "loss": terms, "grad_norm": grad_norm,
+                "step": step, "stage": stage_of(step, self.config).value, "lr": lr, "loss": terms,
+                "grad_norm": grad_norm,
                 "examples_per_s": self.stream.global_batch_size / seconds, "models": diagnostics,
             })
 

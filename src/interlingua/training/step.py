@@ -11,18 +11,44 @@ step's *global* batch (its real positions / all real positions for that model; i
 examples), so summing the micro-batch losses of all ``grad_accum`` passes and all processes gives
 exactly the loss of the global batch in one pass. Hence ``batch_size=2, grad_accum=2`` takes the same
 update as ``batch_size=4, grad_accum=1`` (to float rounding), and 1 or N processes agree too.
+
+One exception: the contrastive term L_nce (``loss.w_nce > 0``) takes its negatives from the other
+examples of the *micro-batch* (of this process), so its value depends on the ``batch_size ×
+grad_accum`` split and on the number of processes, not only on the global batch. It is scaled by the
+example share like L_align, so it stays a mean over the global batch's examples of a per-example
+loss whose negatives are that example's micro-batch.
+
+**Stages.** In the reconstruction stage (``stage=Stage.RECONSTRUCT``, ``pretrain.*``) L_gen and
+L_kd are replaced by L_rec (weight 1): CE of each frozen LLM predicting the first R tokens of the
+text the aligner read after ``[BOS?] + soft prompt + RECONSTRUCTION_CUE``, normalised like L_gen
+over the real target positions of the global batch (``LossNorm.rec_positions``). L_align, L_sem and
+L_nce apply in both stages; ``loss.w_rec > 0`` also adds L_rec to the QA stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
 
-from interlingua.config import LossConfig
-from interlingua.losses import alignment_loss, combine_losses, k_token_ce, semantic_anchor_loss
+from interlingua.config import CompressionConfig, LossConfig
+from interlingua.constants import RECONSTRUCTION_CUE
+from interlingua.losses import (
+    alignment_loss, combine_losses, contrastive_loss, k_token_ce, l1_penalty, semantic_anchor_loss,
+)
+from interlingua.models.frozen_lm import FrozenLM, Targets
 from interlingua.pipeline import Anchor, InterlinguaSystem
+from interlingua.wire.quantize import fake_quantize
+
+
+class Stage(str, Enum):
+    """What an optimizer step trains (``pretrain.steps`` first, then ``train.steps``)."""
+
+    RECONSTRUCT = "reconstruct"  # L_rec (+ align, sem, nce): repeat the text from the soft prompt
+    QA = "qa"  # L_gen + L_kd (+ align, sem, nce): answer the question
 
 
 @dataclass
@@ -30,9 +56,12 @@ class LossNorm:
     """The size of an optimizer step's global batch, which every micro-batch's terms are divided by."""
 
     examples: int
-    """Examples in the global batch (divides L_align and L_sem)."""
+    """Examples in the global batch (divides L_align, L_sem and L_nce)."""
     positions: dict[str, int]
     """Model key -> real answer positions in the global batch (divides L_gen and L_kd of that model)."""
+    rec_positions: dict[str, int] = field(default_factory=dict)
+    """Model key -> real reconstruction target positions in the global batch (divides L_rec of that
+    model); empty when the step trains no L_rec."""
 
 
 @dataclass
@@ -42,7 +71,7 @@ class StepLoss:
     total: Tensor
     """fp32 scalar to back-propagate."""
     terms: dict[str, float]
-    """The unweighted terms ("gen", "align", "sem", "kd" — those with a non-zero weight) and "total"."""
+    """The unweighted terms (those of ``LOSS_TERMS`` the stage computes with a non-zero weight) and "total"."""
     zs: dict[str, Tensor]
     """Model key -> z ``(B, d_inter)`` or ``(B, M, d_inter)``, detached (for collapse diagnostics)."""
     soft_prompts: dict[str, Tensor]
@@ -57,28 +86,57 @@ class LearnedForward(nn.Module):
     frozen LLMs and the sentence encoder are reached through ``system`` (a plain attribute): they are
     not submodules, so they are never wrapped, replicated into the optimizer, or saved.
 
+    With ``compression.qat`` the adapters read z through :func:`~interlingua.wire.fake_quantize` at
+    ``compression.precision`` / ``group_size``: each soft prompt is made from exactly the z a receiver
+    would decode from the wire, and gradients pass straight through the rounding. The returned zs
+    (which L_align, L_sem, L_nce and L1 see) stay the unquantised ones.
+
     Args:
         system: the learned model plus the frozen LLMs and encoder.
+        compression: the wire settings; None or ``qat=False`` = adapters read z as is (the seed).
     """
 
-    def __init__(self, system: InterlinguaSystem):
+    def __init__(self, system: InterlinguaSystem, compression: CompressionConfig | None = None):
         super().__init__()
         self.model = system.model  # registered: its parameters are this module's parameters
         self._system = system  # not a Module: stays out of parameters(), state_dict() and DDP
+        self.compression = compression
 
     def forward(self, texts: list[str], anchor: Anchor) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Returns ``(zs, soft_prompts, anchor_target)``: z and own-model soft prompt per model key,
         and the fixed anchor projection ``(B, d_inter)`` that L_sem compares z with."""
         zs = {key: self._system.encode(key, texts, anchor) for key in self._system.lms}
-        soft_prompts = {key: self.model.soft_prompt(key, z) for key, z in zs.items()}
+        soft_prompts = {key: self.model.soft_prompt(key, self.delivered(z)) for key, z in zs.items()}
         anchor_target = self.model.aligner.project_anchor(anchor.states, anchor.mask)
         return zs, soft_prompts, anchor_target
 
+    def delivered(self, z: Tensor) -> Tensor:
+        """z ``(B, ...)`` as the wire delivers it under quantisation-aware training, else z itself."""
+        if self.compression is None or not self.compression.qat:
+            return z
+        return fake_quantize(z, self.compression.precision, self.compression.group_size)
 
-def loss_norm(lms: dict, answers: list[str], k_tokens: int) -> LossNorm:
-    """The :class:`LossNorm` of a global batch with gold ``answers`` (one per example)."""
+
+def loss_norm(
+    lms: dict, answers: list[str], k_tokens: int, texts: list[str] | None = None, rec_tokens: int = 0
+) -> LossNorm:
+    """The :class:`LossNorm` of a global batch with gold ``answers`` (one per example) and, when the
+    step trains L_rec (``rec_tokens > 0``), the ``texts`` the aligner reads."""
     positions = {key: max(int(lm.answer_targets(answers, k_tokens).mask.sum()), 1) for key, lm in lms.items()}
-    return LossNorm(examples=len(answers), positions=positions)
+    rec_positions = {}
+    if rec_tokens:
+        if texts is None or len(texts) != len(answers):
+            raise ValueError("loss_norm with rec_tokens > 0 needs the global batch's texts, one per answer")
+        rec_positions = {key: max(int(reconstruction_targets(lm, texts, rec_tokens).mask.sum()), 1)
+                         for key, lm in lms.items()}
+    return LossNorm(examples=len(answers), positions=positions, rec_positions=rec_positions)
+
+
+def reconstruction_targets(lm: FrozenLM, texts: list[str], tokens: int) -> Targets:
+    """The first ``tokens`` tokens of each text exactly as the aligner read them (``tokenize_plain``:
+    no special tokens, so BOS is never a target): ids and mask ``(B, R)``, ``R = min(tokens, longest)``."""
+    ids, mask = lm.tokenize_plain(texts)  # (B, T) right-padded
+    return Targets(ids[:, :tokens], mask[:, :tokens])
 
 
 def batch_loss(
@@ -88,31 +146,52 @@ def batch_loss(
     answers: list[str],
     config: LossConfig,
     norm: LossNorm | None = None,
+    stage: Stage = Stage.QA,
+    rec_tokens: int = 0,
+    sender_texts: list[str] | None = None,
+    questions: list[str] | None = None,
+    l1: float = 0.0,
 ) -> StepLoss:
     """Loss of one micro-batch, over every model of ``system``.
 
     Args:
         system: learned model + frozen LLMs (all of them are trained together, N >= 2) + encoder.
         forward: :class:`LearnedForward` of ``system``, possibly wrapped for data parallelism.
-        texts: ``B`` text prompts (already cut to the token budget).
+        texts: ``B`` text prompts (already cut to the token budget): what the KD teacher reads, and
+            the senders too unless ``sender_texts`` is given.
         answers: ``B`` gold answers (the first of each example).
         config: loss weights, K and the KD temperature. A term with weight 0 is not computed (no
             teacher forward when ``w_kd = 0``).
         norm: the optimizer step's global batch; None = this batch alone (plain means).
+        stage: ``Stage.QA`` (L_gen, L_kd, and L_rec if ``w_rec > 0``) or ``Stage.RECONSTRUCT`` (L_rec
+            with weight 1 instead of L_gen and L_kd). L_align, L_sem and L_nce apply in both.
+        rec_tokens: R, the reconstruction targets per text (``pretrain.tokens``); needed when L_rec is
+            trained (then ``norm`` must come from ``loss_norm(..., texts, rec_tokens)``).
+        sender_texts: ``B`` texts the aligner and the anchor read instead of ``texts`` (and L_rec's
+            targets); ``interlingua.conditioning=hybrid`` sends ``Context: …`` alone.
+        questions: ``B`` questions the student reads as text after its soft prompt (hybrid); None =
+            the answer cue alone (full).
+        l1: weight of the L1 sparsity term "l1" = mean |z| (``compression.l1``); 0 = not computed.
     Returns:
         :class:`StepLoss`.
     Raises:
         FloatingPointError: a term is NaN or inf (from :func:`combine_losses`; names the term).
+        ValueError: L_rec is trained without ``rec_tokens > 0``; ``loss.w_nce > 0`` with B < 2.
     """
-    anchor = system.anchor(texts)  # (B, d_sem) or (B, S, d_sem): frozen, no gradient
-    zs, soft_prompts, anchor_target = forward(texts, anchor)
+    config = _stage_weights(config, stage)
+    if config.w_rec and rec_tokens <= 0:
+        raise ValueError(f"L_rec needs rec_tokens > 0 (pretrain.tokens), got {rec_tokens}")
+    sender_texts = texts if sender_texts is None else sender_texts
+    anchor = system.anchor(sender_texts)  # (B, d_sem) or (B, S, d_sem): frozen, no gradient
+    zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     example_share = len(texts) / norm.examples if norm else 1.0
     needs_logits = config.w_gen or config.w_kd  # L_align and L_sem alone need no LLM forward
     gen, kd = [], []
     for key, lm in system.lms.items() if needs_logits else []:
         targets = lm.answer_targets(answers, config.k_tokens)  # (B, K) ids and mask
         share = int(targets.mask.sum()) / norm.positions[key] if norm else 1.0
-        student = lm.target_logits(lm.soft_prefix(soft_prompts[key]), targets)  # (B, K, V) fp32
+        prefix = lm.soft_prefix(soft_prompts[key], questions=questions)  # hybrid: the question follows as text
+        student = lm.target_logits(prefix, targets)  # (B, K, V) fp32
         if config.w_gen:
             gen.append(k_token_ce(student, targets.ids, targets.mask) * share)
         if config.w_kd:
@@ -120,6 +199,8 @@ def batch_loss(
             teacher = system.kd_teacher(key, config.kd_temperature)
             kd.append(teacher.kd_loss(student, texts, targets) * share)
     terms: dict[str, Tensor] = {}
+    if config.w_rec:
+        terms["rec"] = _reconstruction_loss(system, soft_prompts, sender_texts, rec_tokens, norm)
     if gen:
         terms["gen"] = torch.stack(gen).sum()
     if kd:
@@ -128,9 +209,36 @@ def batch_loss(
         terms["align"] = alignment_loss(zs) * example_share
     if config.w_sem:
         terms["sem"] = semantic_anchor_loss(zs, anchor_target) * example_share
-    total = combine_losses(terms, config)
+    if config.w_nce:
+        terms["nce"] = contrastive_loss(zs, config.nce_temperature) * example_share
+    if l1:
+        terms["l1"] = l1_penalty(zs) * example_share
+    total = combine_losses(terms, config, extra_weights={"l1": l1})
     floats = {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
     return StepLoss(total, floats, _detached(zs), _detached(soft_prompts))
+
+
+def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:
+    """The weights of ``stage``: the QA stage's are ``config``; the reconstruction stage trains L_rec
+    with weight 1 in place of L_gen and L_kd."""
+    if stage == Stage.RECONSTRUCT:
+        return dataclasses.replace(config, w_gen=0.0, w_kd=0.0, w_rec=1.0)
+    return config
+
+
+def _reconstruction_loss(
+    system: InterlinguaSystem, soft_prompts: dict[str, Tensor], texts: list[str], tokens: int, norm: LossNorm | None
+) -> Tensor:
+    """L_rec summed over models: CE of each frozen LLM on the first ``tokens`` tokens of ``texts``
+    after ``[BOS?] + soft prompt + RECONSTRUCTION_CUE``, teacher-forced, logits at those positions only."""
+    losses = []
+    for key, lm in system.lms.items():
+        targets = reconstruction_targets(lm, texts, tokens)  # (B, R) ids and mask
+        share = int(targets.mask.sum()) / norm.rec_positions[key] if norm else 1.0
+        prefix = lm.soft_prefix(soft_prompts[key], cue=RECONSTRUCTION_CUE)
+        student = lm.target_logits(prefix, targets)  # (B, R, V) fp32
+        losses.append(k_token_ce(student, targets.ids, targets.mask) * share)
+    return torch.stack(losses).sum()
 
 
 def _detached(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,0 +1,188 @@
+"""Run a compression sweep: train each shape once, evaluate every cell through the wire, write the
+table and the Pareto plot. Resumable: a cell whose result file matches its config is kept, a finished
+training run is reused, an interrupted one continues from its latest checkpoint.
+
+    out = run_sweep(load_sweep("configs/sweeps/compression.yaml"), extra_overrides=["data.source=DIR"])
+
+Layout of the sweep folder::
+
+    train/d512_m32/           one training run per shape (per cell with qat: true): step_*/, metrics.jsonl, ...
+    cells/<cell>.json         the cell's result (config, scores, message bytes), written last and atomically
+    cells/<cell>.predictions.jsonl
+    table.md  table.csv  table.json  pareto.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from interlingua.config import Config, config_to_dict
+from interlingua.eval.artifacts import run_info, write_json, write_jsonl
+from interlingua.eval.jobs import load_checkpoint, validation_examples
+from interlingua.eval.latent import evaluate_own_latent
+from interlingua.models.interlingua import CheckpointError
+from interlingua.pipeline import InterlinguaSystem, load_frozen_models
+from interlingua.runtime import frozen_dtype, seed_everything
+from interlingua.sweep.grid import PlannedCell, SweepConfig, comparable, differences, plan_sweep
+from interlingua.sweep.pareto import plot_pareto
+from interlingua.sweep.table import cell_rows, write_tables
+from interlingua.training.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state
+from interlingua.training.recipe import total_steps, train
+from interlingua.wire.message import message_size
+
+log = logging.getLogger(__name__)
+
+CELLS_SUBDIR = "cells"
+PARETO_PLOT = "pareto.png"
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    output_dir: Optional[Path] = None,
+    extra_overrides: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Compute every cell not already finished, then write ``table.{md,csv,json}`` and ``pareto.png``.
+
+    Args:
+        sweep: the sweep (:func:`~interlingua.sweep.grid.load_sweep`).
+        output_dir: the sweep folder; default ``sweep.output_dir``.
+        extra_overrides: ``key=value`` on the base config of every cell, after the sweep's own.
+        progress: progress bars of training and decoding.
+        echo: where the one line per cell event goes.
+    Returns:
+        The sweep folder.
+    Raises:
+        ConfigError: an invalid cell config (before any work).
+        CheckpointError: a finished training run in the folder was trained with other settings.
+    """
+    out = Path(output_dir or sweep.output_dir)
+    plan = plan_sweep(sweep, out, list(extra_overrides or []))
+    evaluator = _Evaluator(progress)
+    results = []
+    for index, planned in enumerate(plan.cells, 1):
+        prefix = f"[{index}/{len(plan.cells)}] {planned.cell.label}"
+        path = out / CELLS_SUBDIR / f"{planned.cell.name}.json"
+        stored = _finished_result(path, planned)
+        if stored is not None:
+            echo(f"{prefix}: finished earlier, kept ({path})")
+            results.append(stored)
+            continue
+        checkpoint = _trained_checkpoint(
+            planned, progress, lambda text: echo(f"{prefix}: {text}"), before_training=evaluator.release
+        )
+        echo(f"{prefix}: evaluating {planned.eval_config.eval.limit or 'all'} validation examples")
+        result = evaluator(planned, checkpoint, path)
+        scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
+        echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message")
+        results.append(result)
+    rows = cell_rows(results, message_size(plan.reference_shape, "fp16", 0))
+    write_tables(rows, out, {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)})
+    plot_pareto(rows, out / PARETO_PLOT)
+    echo(f"wrote {out}/table.md, table.csv, table.json and {PARETO_PLOT}")
+    return out
+
+
+def sweep_to_dict(sweep: SweepConfig) -> dict:
+    """The sweep as plain JSON values (precisions as strings)."""
+    grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.items()}
+    return {"base": sweep.base, "overrides": list(sweep.overrides), "grid": grid, "eval_limit": sweep.eval_limit,
+            "train_steps": sweep.train_steps, "qat": sweep.qat, "output_dir": sweep.output_dir}
+
+
+def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
+    """The stored result of a cell if it was computed under the cell's current config, else None."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; recomputing the cell", path)
+        return None
+    changed = differences(comparable(stored.get("config", {})), comparable(planned.eval_config))
+    if changed:
+        log.info("%s was computed with other settings (%s); recomputing", path, ", ".join(changed))
+        return None
+    return stored
+
+
+def _trained_checkpoint(
+    planned: PlannedCell, progress: bool, echo: Callable[[str], None], before_training: Callable[[], None]
+) -> Path:
+    """The final checkpoint of the cell's training run: reused when finished (and trained with the same
+    settings), else trained, continuing from the latest checkpoint of an interrupted run
+    (``before_training`` runs first, e.g. to free the evaluator's frozen models)."""
+    config, run_dir = planned.train_config, planned.train_dir
+    final = checkpoint_dir(run_dir, total_steps(config))
+    if final.is_dir():  # checkpoint folders appear complete or not at all (renamed into place)
+        changed = differences(comparable(read_trainer_state(final)["config"], True), comparable(config, True))
+        if changed:
+            raise CheckpointError(
+                f"{final} was trained with other settings ({', '.join(changed)}); delete {run_dir} to retrain it, "
+                "or give the sweep another output_dir"
+            )
+        return final
+    latest = latest_checkpoint(run_dir)
+    shape = f"d_inter={config.interlingua.d_inter} M={config.interlingua.num_slots}"
+    echo(f"training {shape}, {total_steps(config)} steps" + (f", resuming from {latest.name}" if latest else ""))
+    before_training()
+    return train(config, run_dir, resume=latest is not None, progress=progress)
+
+
+class _Evaluator:
+    """Evaluates cells; the frozen models and the validation examples are loaded once and shared."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self._frozen: dict = {}
+        self._examples: dict = {}
+
+    def __call__(self, planned: PlannedCell, checkpoint: Path, path: Path) -> dict:
+        model, config, device = load_checkpoint(checkpoint, config=planned.eval_config)
+        seed_everything(config.runtime.seed)
+        info = run_info(config, "sweep")
+        system = InterlinguaSystem(model, *self._frozen_models(config, device))
+        examples = self._validation(config)
+        rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress)
+        cell = planned.cell
+        precision, group_size = cell.precision, cell.group_size if cell.quantised else 0
+        first = next(iter(summary["messages"].values()))
+        result = {
+            "cell": cell.as_dict(),
+            "config": config_to_dict(planned.eval_config),
+            "run": info,
+            "checkpoint": {"path": str(checkpoint.resolve()), "fingerprint": model.fingerprint(),
+                           "trained_with_qat": config.compression.qat},
+            "n": len(examples),
+            "scores": {key: scores["latent"] for key, scores in summary["scores"].items()},
+            "message": {"shape": list(model.z_shape), "precision": precision.value,
+                        "group_size": group_size or None,
+                        "bytes": message_size(model.z_shape, precision, group_size)},
+            "prompt": {"mean_utf8_bytes": first["mean_prompt_utf8_bytes"],
+                       "mean_gzip_bytes": first["mean_prompt_gzip_bytes"]},
+            "summary": summary,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(path.with_suffix(".predictions.jsonl"), rows)
+        write_json(path, result)  # last: its existence marks the cell finished
+        return result
+
+    def release(self) -> None:
+        """Drop the frozen models (training loads its own; two copies of two 8B models do not fit)."""
+        self._frozen = {}
+
+    def _frozen_models(self, config: Config, device) -> tuple:
+        key = (tuple((m.spec, m.prompt_format) for m in config.models), config.encoder, str(device))
+        if key not in self._frozen:
+            self._frozen = {key: load_frozen_models(config, device, frozen_dtype(device))}  # keep one set only
+        return self._frozen[key]
+
+    def _validation(self, config: Config) -> list:
+        key = (config.data.source, config.eval.limit, config.data.seed)
+        if key not in self._examples:
+            self._examples[key] = validation_examples(config)
+        return self._examples[key]

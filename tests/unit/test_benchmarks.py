@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end on the tiny config and report what docs/performance.md quotes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, SQUAD_MINI
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, tmp_path, *args: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / f"{script}.py"), "--config", "tiny", "--json", str(out),
+               *args, f"data.source={SQUAD_MINI}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "==" in done.stdout  # the side-by-side table is printed
+    return json.loads(out.read_text())
+
+
+def test_train_step_benchmark(tmp_path):
+    data = _run("train_step", tmp_path, "--steps", "2")
+    assert set(data["seconds_per_step"]) == {"naive", "real_cold_cache", "real_warm_cache"}
+    assert data["flops_per_step"] > 0 and 0 < data["fraction_of_peak"] < 1
+    assert all(store["hits"] > 0 for store in data["cache"])  # the warm pass read the cache
+
+
+def test_receiver_ttft_benchmark(tmp_path):
+    data = _run("receiver_ttft", tmp_path, "--examples", "3")
+    for model in data["models"].values():
+        assert model["receiver_positions"]["latent"] < model["receiver_positions"]["text_mean"]
+        assert model["speedup"] > 0
+
+
+def test_eval_throughput_benchmark(tmp_path):
+    data = _run("eval_throughput", tmp_path, "--examples", "4", "--batch-size", "4")
+    assert all(model["same_answers"] == 4 for model in data["models"].values())

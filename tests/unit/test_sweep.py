@@ -1,0 +1,282 @@
+"""The compression sweep (issue #4): the sweep file and its grid, the table and Pareto front, and the tiny
+sweep (configs/sweeps/tiny.yaml: 2 x 2 x 2 cells, 4 training runs of 2 steps) end to end, resumed."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from interlingua.cli import main as cli_main
+from interlingua.config import ConfigError, Precision
+from interlingua.constants import CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FILE, METRICS_LOG_FILE
+from interlingua.models.interlingua import CheckpointError
+from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep
+from interlingua.sweep import runner
+from interlingua.sweep.table import cell_rows
+from interlingua.training import recipe
+from interlingua.wire import encode_message, message_size
+from tests.conftest import REPO_ROOT, SQUAD_MINI
+
+SWEEPS = REPO_ROOT / "configs" / "sweeps"
+TINY_SWEEP = str(SWEEPS / "tiny.yaml")
+EXTRA = [f"data.source={SQUAD_MINI}"]  # the sweep file's relative path works from the repository root only
+MODELS = ["tiny-llama", "tiny-qwen2"]
+
+
+def tiny_sweep(*overrides: str, **changes):
+    sweep = load_sweep(TINY_SWEEP, list(overrides))
+    return dataclasses.replace(sweep, **changes) if changes else sweep
+
+
+def failing(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} was called")
+    return fail
+
+
+def recording(function, calls: list):
+    """``function``, appending its ``resume`` argument to ``calls`` on each call."""
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs.get("resume"))
+        return function(*args, **kwargs)
+    return wrapper
+
+
+# ---- the sweep file ----------------------------------------------------------------------------
+def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp_path):
+    sweep = load_sweep("compression")
+    assert sweep.base == "embedded" and sweep.eval_limit == 1000 and sweep.qat is False
+    assert sweep.grid == {"d_inter": [512, 256, 128], "num_slots": [32, 16, 8],
+                          "precision": [Precision.FP16, Precision.INT8, Precision.INT4]}
+    plan = plan_sweep(sweep, tmp_path)
+    assert len(plan.cells) == 27 and len({p.train_dir for p in plan.cells}) == 9
+    for _, group in itertools.groupby(plan.cells, key=lambda p: p.train_dir):
+        group = list(group)
+        assert len(group) == 3 and all(p.train_config == group[0].train_config for p in group)
+        assert [p.eval_config.compression.precision for p in group] == ["fp16", "int8", "int4"]
+    first = plan.cells[0]
+    assert (first.eval_config.eval.limit, first.train_config.train.steps) == (1000, sweep.train_steps)
+    assert plan.reference_shape == (512,)  # embedded uses the seed's mean pooling: z is one d_inter vector
+
+
+def test_every_shipped_sweep_loads_and_plans(tmp_path):
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        sweep = load_sweep(str(path))
+        assert plan_sweep(sweep, tmp_path / path.stem, EXTRA).cells, path.name
+
+
+def test_a_qat_sweep_trains_every_cell_at_its_precision(tmp_path):
+    plan = plan_sweep(tiny_sweep("qat=true"), tmp_path, EXTRA)
+    assert len(plan.cells) == 8 and len({p.train_dir for p in plan.cells}) == 8
+    for planned in plan.cells:
+        compression = planned.train_config.compression
+        assert compression.qat and compression.precision == planned.cell.precision
+    post_training = plan_sweep(tiny_sweep(), tmp_path, EXTRA)
+    assert len({p.train_dir for p in post_training.cells}) == 4
+    assert not any(p.train_config.compression.qat for p in post_training.cells)
+
+
+def test_float_precisions_ignore_the_group_size(tmp_path):
+    sweep = tiny_sweep(grid={"precision": ["fp16", "int4"], "group_size": [8, 16]})
+    names = [p.cell.name for p in plan_sweep(sweep, tmp_path, EXTRA).cells]
+    assert names == ["d32_m4_fp16", "d32_m4_int4_g8", "d32_m4_int4_g16"]  # d_inter, M: the base's
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base: tiny\ngrid: {d_inter: [32], bits: [4]}\n", "grid.bits is not a sweep knob"),
+        ("base: tiny\ngrid: {}\n", "grid is empty"),
+        ("base: tiny\n", "grid is empty"),
+        ("grid: {d_inter: [32]}\n", "base is missing"),
+        ("base: tiny\ngrid: {precision: [int2]}\n", "grid.precision: unknown precision 'int2'"),
+        ("base: tiny\ngrid: {d_inter: 32}\n", "grid.d_inter must be a non-empty list"),
+        ("base: tiny\ngrid: {num_slots: []}\n", "grid.num_slots must be a non-empty list"),
+        ("base: tiny\ngrid: {d_inter: [32, 32]}\n", "grid.d_inter repeats a value"),
+        ("base: tiny\ngrid: {d_inter: [-8]}\n", "grid.d_inter values must be positive"),
+        ("base: tiny\ngrid: {d_inter: [32]}\nsteps: 3\n", "'steps'"),
+        ("base: tiny\ngrid: {d_inter: [32]}\neval_limit: many\n", "'eval_limit'"),
+        ("base: tiny\ngrid: {d_inter: [32]}\ntrain_steps: 0\n", "train_steps must be positive"),
+        ("base: tiny\ngrid: {d_inter: [32\n", "not valid YAML"),
+        ("- base\n- tiny\n", "a sweep file is a mapping"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_sweep(str(path))
+
+
+def test_bad_sweep_overrides_and_missing_files_are_refused():
+    with pytest.raises(ConfigError, match="unknown key 'eval_limt'.*eval_limit"):
+        load_sweep(TINY_SWEEP, ["eval_limt=3"])
+    with pytest.raises(ConfigError, match="shipped sweeps: compression, tiny"):
+        load_sweep("no-such-sweep")
+
+
+def test_a_cell_the_run_config_refuses_is_reported_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "train", failing("train"))
+    sweep = tiny_sweep(grid={"d_inter": [32, 30]})  # tiny has 4 heads: 30 is not divisible
+    with pytest.raises(ConfigError, match=r"sweep cell d_inter=30 .*interlingua.d_inter \(30\).*n_heads"):
+        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "train").exists()
+
+
+# ---- table and Pareto front --------------------------------------------------------------------
+def test_pareto_front_by_hand():
+    points = [(10, 5.0), (20, 4.0), (20, 7.0), (40, 7.0), (5, 1.0), (30, 9.0), (5, 1.0)]
+    # (20, 4) and (40, 7) are beaten; of the two identical (5, 1) the first is kept
+    assert pareto_front(points) == [4, 0, 2, 5]
+    assert pareto_front([]) == []
+
+
+def test_cell_rows_give_bytes_over_each_reference():
+    result = {
+        "cell": {"d_inter": 128, "num_slots": 8, "precision": "int4", "group_size": 32},
+        "checkpoint": {"trained_with_qat": False}, "n": 1000,
+        "scores": {"a": {"n": 1000, "f1": 40.0, "exact_match": 30.0}},
+        "message": {"bytes": 100}, "prompt": {"mean_utf8_bytes": 800.0, "mean_gzip_bytes": 500.0},
+    }
+    (row,) = cell_rows([result], reference_bytes=1000)
+    assert (row["vs_fp16_512x32"], row["vs_prompt_utf8"], row["vs_prompt_gzip"]) == (0.1, 0.125, 0.2)
+    assert row["scores"] == {"a": {"f1": 40.0, "exact_match": 30.0}} and row["num_slots"] == 8
+
+
+# ---- the tiny sweep end to end -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """configs/sweeps/tiny.yaml run once: ``(folder, resume flag of each training, progress lines)``."""
+    out = tmp_path_factory.mktemp("sweep")
+    trainings, lines = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "train", recording(runner.train, trainings))
+        run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
+    return out, trainings, lines
+
+
+def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
+    out, _, _ = finished_sweep
+    table = json.loads((out / "table.json").read_text())
+    rows = table["rows"]
+    assert table["models"] == MODELS and table["sweep"]["grid"]["precision"] == ["fp16", "int4"]
+    assert table["run"]["command"] == "sweep" and "git" in table["run"] and "versions" in table["run"]
+    cells = {(r["d_inter"], r["num_slots"], r["precision"]) for r in rows}
+    assert cells == set(itertools.product([32, 16], [4, 2], ["fp16", "int4"]))
+    reference = message_size((32, 512), Precision.FP16, 0)  # tiny.yaml pools with queries: z is (M, d_inter)
+    for row in rows:
+        shape, precision, group = (row["num_slots"], row["d_inter"]), Precision(row["precision"]), row["group_size"]
+        assert group == (32 if precision is Precision.INT4 else None)
+        assert row["bytes"] == len(encode_message(torch.zeros(shape), precision, group or 0, "0" * 16))
+        assert row["vs_fp16_512x32"] == pytest.approx(row["bytes"] / reference)
+        assert row["vs_prompt_utf8"] == pytest.approx(row["bytes"] / row["prompt_utf8_bytes"])
+        assert row["vs_prompt_gzip"] == pytest.approx(row["bytes"] / row["prompt_gzip_bytes"])
+        assert row["n"] == 4 and set(row["scores"]) == set(MODELS)
+        assert all(0.0 <= s["f1"] <= 100.0 and 0.0 <= s["exact_match"] <= 100.0 for s in row["scores"].values())
+    with (out / "table.csv").open() as f:
+        csv_rows = list(csv.reader(f))
+    assert csv_rows[0][:5] == ["d_inter", "M", "precision", "group_size", "n"] and len(csv_rows) == 1 + 8
+    assert "tiny-qwen2 F1" in csv_rows[0] and "bytes / prompt gzip" in csv_rows[0]
+    markdown = (out / "table.md").read_text()
+    assert "smoke run" in markdown and "| d_inter | M | precision |" in markdown and markdown.count("\n| ") == 1 + 8
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cells_of_one_shape_share_one_training(finished_sweep):
+    out, trainings, lines = finished_sweep
+    assert trainings == [False] * 4  # 4 shapes, each trained once from scratch
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["d16_m2", "d16_m4", "d32_m2", "d32_m4"]
+    results = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    assert len(results) == 8
+    by_shape = {}
+    for result in results:
+        cell = result["cell"]
+        by_shape.setdefault((cell["d_inter"], cell["num_slots"]), set()).add(result["checkpoint"]["fingerprint"])
+        assert result["message"]["shape"] == [cell["num_slots"], cell["d_inter"]]
+        assert result["summary"]["messages"]["tiny-llama"]["wire_bytes"] == result["message"]["bytes"]
+    assert all(len(fingerprints) == 1 for fingerprints in by_shape.values())
+    assert len(set().union(*by_shape.values())) == 4
+    assert sum("evaluating" in line for line in lines) == 8 and sum(": training" in line for line in lines) == 4
+
+
+def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
+    out = finished_sweep[0]
+    finished = {p: p.stat().st_mtime_ns for p in [*(out / "cells").iterdir(), *(out / "train").glob("*/step_*/*")]}
+    monkeypatch.setattr(runner, "train", failing("train"))
+    monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
+    lines = []
+    run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
+    assert sum("finished earlier, kept" in line for line in lines) == 8
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+
+
+def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
+    out = finished_sweep[0]
+    monkeypatch.setattr(runner, "train", failing("train"))
+    monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
+    code = cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", "--set", EXTRA[0]])
+    printed = capsys.readouterr().out
+    assert code == 0 and "[8/8] d_inter=16 M=2 int4 group 32: finished earlier" in printed
+    assert "| d_inter | M | precision |" in printed
+    assert cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", "grid.bits=[4]"]) == 2
+    assert "grid.bits is not a sweep knob" in capsys.readouterr().err
+
+
+def test_changed_eval_settings_recompute_the_cells_not_the_training(finished_sweep, tmp_path, monkeypatch):
+    moved = tmp_path / "moved"  # a moved sweep folder still counts as finished (runtime.output_dir is ignored)
+    shutil.copytree(finished_sweep[0], moved)
+    monkeypatch.setattr(runner, "train", failing("train"))
+    sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16", "int4"]})
+    lines = []
+    run_sweep(sweep, moved, EXTRA, progress=False, echo=lines.append)
+    assert sum("finished earlier" in line for line in lines) == 2
+    run_sweep(dataclasses.replace(sweep, eval_limit=3), moved, EXTRA, progress=False, echo=lines.append)
+    assert sum("evaluating 3 validation examples" in line for line in lines) == 2
+    assert json.loads((moved / "cells" / "d32_m4_int4_g32.json").read_text())["n"] == 3
+
+
+def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_path, monkeypatch):
+    moved = tmp_path / "moved"
+    shutil.copytree(finished_sweep[0], moved)
+    monkeypatch.setattr(runner, "train", failing("train"))
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(loss.w_sem\).*delete"):
+        run_sweep(tiny_sweep(), moved, [*EXTRA, "loss.w_sem=0.2"], progress=False, echo=lambda _: None)
+
+
+def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, monkeypatch):
+    sweep = tiny_sweep(grid={"d_inter": [16], "num_slots": [2], "precision": ["int8"]})
+    original = recipe.TrainingRecipe._forward_backward
+
+    class SimulatedCrash(Exception):
+        pass
+
+    def crash_at_step_1(self, step):
+        if step == 1:
+            raise SimulatedCrash
+        return original(self, step)
+
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", crash_at_step_1)
+    with pytest.raises(SimulatedCrash):
+        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+    run_dir = tmp_path / "train" / "d16_m2"
+    assert (run_dir / LATEST_CHECKPOINT_FILE).read_text().strip() == "step_000001"  # save_every=1 in tiny.yaml
+    assert not (tmp_path / "cells").exists()
+    first_step = (run_dir / "step_000001" / CHECKPOINT_WEIGHTS_FILE).read_bytes()
+
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", original)
+    trainings, lines = [], []
+    monkeypatch.setattr(runner, "train", recording(runner.train, trainings))
+    run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lines.append)
+    assert trainings == [True] and any("resuming from step_000001" in line for line in lines)
+    assert (run_dir / "step_000001" / CHECKPOINT_WEIGHTS_FILE).read_bytes() == first_step
+    logged = [json.loads(line)["step"] for line in (run_dir / METRICS_LOG_FILE).read_text().splitlines()]
+    assert logged == [0, 1]
+    result = json.loads((tmp_path / "cells" / "d16_m2_int8_g32.json").read_text())
+    assert result["checkpoint"]["path"].endswith("step_000002")
