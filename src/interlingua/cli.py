@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (one line per cell still)")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("compare", help="finished runs side by side: ablation table (MD/JSON) and training curves (PNG)")
+    p.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR", help="a label and a run folder (or its copy in results/)")
+    p.add_argument("--output-dir", "-o", required=True, help="folder for ablation.md, ablation.json, ablation_curves.png")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _add_common(p)
     p.set_defaults(func=cmd_config)
@@ -134,6 +139,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         progress=not args.quiet)
     print(f"\nwrote {out_dir}/")
     print((out_dir / "table.md").read_text())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from interlingua.eval.compare import CompareError, compare_runs
+
+    runs = {}
+    for item in args.runs:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise CompareError(f"{item!r} is not NAME=RUN_DIR (e.g. seed=results/embedded-seed-s250)")
+        runs[name] = directory
+    print(compare_runs(runs, args.output_dir))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from interlingua.config import ConfigError
 from interlingua.data.squad import SquadDataError
+from interlingua.eval.compare import CompareError
 from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.models.registry import ModelSpecError
@@ -11,5 +12,5 @@ from interlingua.wire.service import MessageInputError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, ModelSpecError, SquadDataError, CheckpointError, BaselineReuseError, TrainingDivergedError,
-    WireFormatError, MessageInputError, FileNotFoundError,
+    WireFormatError, MessageInputError, FileNotFoundError, CompareError,
 )

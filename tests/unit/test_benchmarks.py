@@ -40,3 +40,10 @@ def test_receiver_ttft_benchmark(tmp_path):
 def test_eval_throughput_benchmark(tmp_path):
     data = _run("eval_throughput", tmp_path, "--examples", "4", "--batch-size", "4")
     assert all(model["same_answers"] == 4 for model in data["models"].values())
+
+
+def test_kd_topk_gap_benchmark(tmp_path):
+    data = _run("kd_topk_gap", tmp_path, "--examples", "4")
+    for model in data["models"].values():
+        fractions = [v["fraction_of_exact"] for v in model["top_k"].values()]
+        assert all(0 <= f <= 1 + 1e-5 for f in fractions) and fractions == sorted(fractions)
