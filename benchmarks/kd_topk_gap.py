@@ -41,7 +41,8 @@ def main() -> None:
     stream = TrainingStream(examples, [lm.tokenizer for lm in lms.values()], config.data.max_prompt_tokens,
                             args.examples, 1, config.data.seed)
     batch = stream.micro_batches(0)[0]
-    tau, rows, data = config.loss.kd_temperature, [], {"examples": args.examples, "temperature": tau, "models": {}}
+    tau = config.loss.kd_temperature
+    rows, data = [], {"examples": args.examples, "temperature": tau, "models": {}}
     with torch.no_grad():
         for key, lm in lms.items():
             targets = lm.answer_targets(batch.answers, config.loss.k_tokens)

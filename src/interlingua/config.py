@@ -45,6 +45,11 @@ class Conditioning(str, Enum):
     HYBRID = "hybrid"  # the context travels through z; the receiver reads the question as text
 
 
+class Positions(str, Enum):
+    NONE = "none"  # seed: the aligner sees a prompt as a set of tokens (permutation invariant)
+    SINUSOIDAL = "sinusoidal"  # fixed sinusoidal position encodings added after the input projection
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -108,6 +113,9 @@ class InterlinguaConfig:
     """``mean`` (seed) or ``queries``."""
     anchor: AnchorKind = AnchorKind.SENTENCE
     """``sentence`` (seed, one key) or ``tokens`` (encoder token states as keys)."""
+    positions: Positions = Positions.NONE
+    """``none`` (seed: no positions, z depends on the multiset of tokens only) or ``sinusoidal`` (token
+    order reaches z, which reconstruction and answers that depend on word order need)."""
     conditioning: Conditioning = Conditioning.FULL
     """``full`` (seed: z carries the whole prompt, the receiver reads ``[BOS?] + soft prompt + "\\nAnswer:"``)
     or ``hybrid`` (z carries ``Context: …`` only; the receiver reads ``[BOS?] + soft prompt +

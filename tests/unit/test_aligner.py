@@ -195,3 +195,44 @@ def test_no_refine_layers():
     aligner = make_aligner(n_refine_layers=0)
     z = aligner(KEY_A, torch.randn(2, 3, 20), torch.ones(2, 3, dtype=torch.bool), torch.randn(2, D_SEM))
     assert aligner.refine is None and z.shape == (2, 16)
+
+
+# ---- positions (interlingua.positions) ---------------------------------------------------------
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_positions_keep_batched_equal_to_alone(side):
+    from interlingua.config import Positions
+
+    aligner = make_aligner(Pooling.QUERIES, positions=Positions.SINUSOIDAL)
+    torch.manual_seed(1)
+    sequences = [torch.randn(3, 20), torch.randn(7, 20)]
+    embeddings, mask = pad_batch(sequences, side)
+    anchor = torch.randn(2, D_SEM)
+    with torch.no_grad():
+        batched = aligner(KEY_A, embeddings, mask, anchor)
+        for row, seq in enumerate(sequences):
+            alone = aligner(KEY_A, seq.unsqueeze(0), torch.ones(1, len(seq), dtype=torch.bool), anchor[row : row + 1])
+            torch.testing.assert_close(batched[row], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", list(Pooling))
+def test_only_positions_make_z_depend_on_word_order(pooling):
+    from interlingua.config import Positions
+
+    torch.manual_seed(2)
+    tokens, anchor = torch.randn(1, 6, 20), torch.randn(1, D_SEM)
+    shuffled = tokens[:, torch.tensor([3, 1, 5, 0, 2, 4])]
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        bag = make_aligner(pooling)
+        torch.testing.assert_close(bag(KEY_A, tokens, mask, anchor), bag(KEY_A, shuffled, mask, anchor), atol=1e-5, rtol=0)
+        ordered = make_aligner(pooling, positions=Positions.SINUSOIDAL)
+        assert not torch.allclose(ordered(KEY_A, tokens, mask, anchor), ordered(KEY_A, shuffled, mask, anchor), atol=1e-3)
+
+
+def test_sinusoidal_positions_count_real_tokens_only():
+    from interlingua.models.aligner import sinusoidal_positions
+
+    mask = torch.tensor([[False, False, True, True], [True, True, False, False]])
+    encoding = sinusoidal_positions(mask, 6)  # (2, 4, 6)
+    torch.testing.assert_close(encoding[0, 2:], encoding[1, :2])
+    torch.testing.assert_close(encoding[1, 0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))

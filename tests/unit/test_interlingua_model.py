@@ -107,3 +107,25 @@ def test_inputs_are_calibrated_by_the_embedding_rms():
     calibrated = model.encode("org/model-a", embeddings * 0.02, mask, anchor)
     direct = model.aligner("org/model-a", embeddings, mask, anchor)
     torch.testing.assert_close(calibrated, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_spec_carries_positions(tmp_path):
+    from interlingua.config import Positions
+    from interlingua.models.interlingua import InterlinguaSpec
+
+    spec = InterlinguaSpec.from_json(_positions_spec_json(Positions.SINUSOIDAL))
+    assert spec.interlingua.positions == Positions.SINUSOIDAL
+    old = _positions_spec_json(Positions.SINUSOIDAL)
+    del old["interlingua"]["positions"]  # a checkpoint written before the key existed
+    assert InterlinguaSpec.from_json(old).interlingua.positions == Positions.NONE
+
+
+def _positions_spec_json(positions):
+    import dataclasses
+
+    from interlingua.config import InterlinguaConfig
+    from interlingua.models.interlingua import FrozenModelInfo, InterlinguaSpec
+
+    spec = InterlinguaSpec(models=[FrozenModelInfo("a", 8, 1.0), FrozenModelInfo("b", 6, 0.5)], encoder="e", d_sem=4,
+                           interlingua=dataclasses.replace(InterlinguaConfig(d_inter=16, n_heads=2), positions=positions))
+    return spec.to_json()

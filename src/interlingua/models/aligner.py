@@ -12,8 +12,10 @@ Data flow for one model m (B prompts, T_m tokens, S anchor keys):
     TransformerEncoder(n_refine_layers) with src_key_padding_mask
     pool: masked mean -> (B, d_inter)   or   M learned queries attend -> (B, M, d_inter)
 
-There are no position embeddings (as in the seed): the aligner sees each prompt as a set of token
-embeddings, so right and left padding give the same z as long as the mask is right.
+With ``interlingua.positions=none`` (the seed) there are no position embeddings: the aligner sees each
+prompt as a set of token embeddings, so z cannot depend on word order. ``sinusoidal`` adds fixed
+encodings of each token's index among the real tokens; in both cases right and left padding give the
+same z as long as the mask is right.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import torch
 from torch import nn
 
-from interlingua.config import AnchorKind, InterlinguaConfig, Pooling
+from interlingua.config import AnchorKind, InterlinguaConfig, Pooling, Positions
 
 ANCHOR_TARGET_SEED = 0  # the fixed target projection is the same for every run with the same widths
 
@@ -48,6 +50,24 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     weights = mask.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
     return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def sinusoidal_positions(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Transformer sinusoidal encodings of each token's index among the real tokens of its row.
+
+    Args:
+        mask: (B, T) True = real token; padding may be on either side (indices skip it).
+        width: even or odd encoding width.
+    Returns:
+        (B, T, width), RMS ≈ 1/sqrt(2) per element (the scale of LayerNorm-ed states' halves).
+    """
+    index = (mask.long().cumsum(-1) - 1).clamp(min=0).float()  # (B, T)
+    frequencies = torch.exp(torch.arange(0, width, 2, device=mask.device).float() * (-math.log(10000.0) / width))
+    angles = index.unsqueeze(-1) * frequencies  # (B, T, ceil(width / 2))
+    encoding = torch.zeros(*mask.shape, width, device=mask.device)
+    encoding[..., 0::2] = torch.sin(angles)
+    encoding[..., 1::2] = torch.cos(angles[..., : width // 2])
+    return encoding
 
 
 def fixed_projection(d_in: int, d_out: int, seed: int = ANCHOR_TARGET_SEED) -> torch.Tensor:
@@ -155,6 +175,8 @@ class AlignmentTransformer(nn.Module):
         keys, key_padding_mask = self._anchor_keys(anchor, anchor_mask)  # (B, S, d_inter), (B, S) | None
 
         x = proj(token_embeddings.to(proj.weight.dtype))  # (B, T, d_inter)
+        if self.config.positions == Positions.SINUSOIDAL:
+            x = x + sinusoidal_positions(token_mask, self.config.d_inter).to(x.dtype)  # real tokens count from 0
         for attn in self.cross_attn:
             attended, _ = attn(x, keys, keys, key_padding_mask=key_padding_mask, need_weights=False)
             x = x + attended  # (B, T, d_inter)

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interlingua.config import AnchorKind, Conditioning, InterlinguaConfig, Pooling
+from interlingua.config import AnchorKind, Conditioning, InterlinguaConfig, Pooling, Positions
 from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from interlingua.models.adapter import InterlinguaAdapter
 from interlingua.models.aligner import AlignmentTransformer, module_key
@@ -60,6 +60,7 @@ class InterlinguaSpec:
         raw = dict(data["interlingua"])
         raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
         raw["conditioning"] = Conditioning(raw.get("conditioning", Conditioning.FULL))  # absent before hybrid existed
+        raw["positions"] = Positions(raw.get("positions", Positions.NONE))  # absent before positions existed
         return cls(
             models=[FrozenModelInfo(**m) for m in data["models"]], encoder=data["encoder"], d_sem=data["d_sem"],
             interlingua=InterlinguaConfig(**raw),
