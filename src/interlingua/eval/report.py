@@ -100,7 +100,8 @@ def eval_report(metrics: dict) -> str:
         lines += [f"## {title}", "", table, ""]
     lines.append(
         f"Shuffled-z: each example decoded from another example's z (seeded derangement, seed "
-        f"{latent['shuffle_seed']}). Wire bytes are raw fp32 z values; {POSITION_NOTES[conditioning]}"
+        f"{latent['shuffle_seed']}). Wire bytes are the whole message (docs/wire-format.md) at the checkpoint's "
+        f"compression.precision; {POSITION_NOTES[conditioning]}"
     )
     return "\n".join(lines) + "\n"
 
