@@ -439,13 +439,21 @@ def _known_keys_hint(merged, key: str) -> str:
 
 
 def config_to_dict(config: Config) -> dict:
-    """Plain dict (enums as their values) for JSON/YAML output."""
-    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+    """Plain dict for JSON/YAML output; enums as their values (``hybrid``), as a user writes them."""
+    return _enum_values(dataclasses.asdict(config))
+
+
+def _enum_values(node):
+    if isinstance(node, dict):
+        return {key: _enum_values(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_enum_values(value) for value in node]
+    return node.value if isinstance(node, Enum) else node
 
 
 def save_config(config: Config, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def replace(config: Config, **changes) -> Config:

@@ -78,3 +78,15 @@ def test_saved_config_loads_back_identically(tmp_path):
     config = load_config("tiny", ["train.lr=0.002"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(str(tmp_path / "config.yaml")) == config
+
+
+def test_stored_configs_write_enum_values_and_still_read_old_enum_names(tmp_path):
+    from interlingua.config import config_from_dict, config_to_dict
+
+    config = load_config("tiny", ["interlingua.conditioning=hybrid", "compression.precision=int8"])
+    stored = config_to_dict(config)
+    assert stored["interlingua"]["conditioning"] == "hybrid" and stored["compression"]["precision"] == "int8"
+    save_config(config, tmp_path / "config.yaml")
+    assert "conditioning: hybrid" in (tmp_path / "config.yaml").read_text()
+    old = {**stored, "interlingua": {**stored["interlingua"], "conditioning": "HYBRID"}}  # checkpoints before the change
+    assert config_from_dict(old) == config

@@ -408,6 +408,20 @@ def test_pretrain_defaults_keep_the_seed_and_old_configs_load():
     assert config_from_dict(config_to_dict(changed)) == changed
 
 
+
+def test_resume_does_not_report_enum_names_of_older_checkpoints_as_changes(caplog):
+    from interlingua.config import config_to_dict
+    from interlingua.training.recipe import _normalised, _warn_config_changes
+
+    config = tiny("interlingua.conditioning=hybrid")
+    current = config_to_dict(config)
+    old = {**current, "interlingua": {**current["interlingua"], "conditioning": "HYBRID"}}
+    with caplog.at_level("WARNING"):
+        _warn_config_changes(_normalised(old), current)
+        assert not caplog.records
+        _warn_config_changes(_normalised(old), config_to_dict(tiny()))
+    assert "interlingua.conditioning" in caplog.text
+
 def test_each_stage_has_its_own_warmup_and_cosine():
     config = tiny("pretrain.steps=4", "pretrain.warmup_steps=2", "pretrain.lr=1e-3", "train.steps=3")
     assert [stage_of(s, config) for s in range(7)] == [Stage.RECONSTRUCT] * 4 + [Stage.QA] * 3
