@@ -103,3 +103,20 @@ def test_prompt_formats(tiny_lms):
     with pytest.raises(ValueError, match="prompt_format=raw"):
         FrozenLM(llama.model, llama.tokenizer, "tiny-llama", PromptFormat.CHAT)
     assert FrozenLM(qwen.model, qwen.tokenizer, "tiny-qwen2", PromptFormat.AUTO).prompt_format is PromptFormat.CHAT
+
+
+def test_tokenize_plain_memo_matches_the_tokenizer_and_does_not_retokenize(lm, monkeypatch):
+    import interlingua.models.frozen_lm as frozen_lm
+
+    texts = ["Context: a b c\nQuestion: why?", "short", "Context: a b c\nQuestion: why?", "x y z w v u"]
+    reference = lm.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="right")
+    ids, mask = lm.tokenize_plain(texts)
+    assert torch.equal(ids, reference.input_ids) and torch.equal(mask, reference.attention_mask.bool())
+    calls = []
+    tokenizer_call = type(lm.tokenizer).__call__
+    monkeypatch.setattr(type(lm.tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or tokenizer_call(self, *a, **k))
+    again, _ = lm.tokenize_plain(texts[::-1])
+    assert torch.equal(again, reference.input_ids.flip(0)) and not calls  # every text came from the memo
+    monkeypatch.setattr(frozen_lm, "PLAIN_IDS_MEMO", 2)
+    lm.tokenize_plain(["new one", "new two"])
+    assert len(lm._plain_ids) == 2 and calls == [(["new one", "new two"],)]  # bounded, oldest texts dropped

@@ -10,6 +10,7 @@ serves training (logits at the answer positions only, DESIGN §4.6) and greedy g
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,6 +22,8 @@ from interlingua.constants import ANSWER_CUE, CHAT_SYSTEM_INSTRUCTION
 from interlingua.data.prompts import question_suffix
 
 log = logging.getLogger(__name__)
+
+PLAIN_IDS_MEMO = 16384  # texts; a few MB of ids, more than a training set's prompts at the embedded size
 
 
 @dataclass
@@ -67,6 +70,7 @@ class FrozenLM:
         if prompt_format == PromptFormat.AUTO:
             prompt_format = PromptFormat.CHAT if has_template else PromptFormat.RAW
         self.prompt_format = prompt_format
+        self._plain_ids: OrderedDict[str, list[int]] = OrderedDict()  # tokenize_plain memo, see there
 
     @classmethod
     def load(cls, config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FrozenLM":
@@ -145,9 +149,25 @@ class FrozenLM:
     def tokenize_plain(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Texts without special tokens, right-padded: ids ``(B, T)``, mask ``(B, T)`` bool.
 
-        This is what the AlignmentTransformer reads (the model's own frozen token embeddings)."""
-        batch = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt", padding_side="right")
-        return batch.input_ids.to(self.device), batch.attention_mask.bool().to(self.device)
+        This is what the AlignmentTransformer reads (the model's own frozen token embeddings). A
+        training step reads each text up to three times (aligner, L_rec targets, their loss norm) and
+        every epoch again, so ids are memoised per text (the most recent PLAIN_IDS_MEMO texts)."""
+        missing = [text for text in dict.fromkeys(texts) if text not in self._plain_ids]
+        if missing:
+            for text, ids in zip(missing, self.tokenizer(missing, add_special_tokens=False).input_ids):
+                self._plain_ids[text] = ids
+        for text in texts:
+            self._plain_ids.move_to_end(text)
+        while len(self._plain_ids) > PLAIN_IDS_MEMO:
+            self._plain_ids.popitem(last=False)
+        rows = [self._plain_ids[text] for text in texts]
+        width = max((len(row) for row in rows), default=0)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return ids.to(self.device), mask.to(self.device)
 
     def answer_targets(self, answers: list[str], k: int) -> Targets:
         """The first ``k`` tokens of ``" " + answer + "\\n"`` (no special tokens, so BOS is never a
