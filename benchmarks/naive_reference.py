@@ -1,6 +1,7 @@
 """A naive implementation of the same training step, the reference the real step is measured against.
 
-Same losses (the seed's four terms), same learned modules, same batch — but written the obvious way: the K-token CE takes
+Same losses (the seed's four terms, plus InfoNCE and the hybrid layout when the config uses them), same
+learned modules, same batch — but written the obvious way: the K-token CE takes
 K separate forward passes of each frozen LLM (one per answer prefix), every forward computes
 full-vocabulary logits at every position, the KD teacher reads the text prompt again every step, and
 the sentence encoder runs every step.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from interlingua.losses import alignment_loss, k_token_ce, kd_loss, semantic_anchor_loss
+from interlingua.losses import alignment_loss, contrastive_loss, k_token_ce, kd_loss, semantic_anchor_loss
 from interlingua.pipeline import semantic_anchor
 
 
@@ -21,14 +22,18 @@ def _full_logits(lm, embeddings, mask):
     return out.logits.float()
 
 
-def naive_step_loss(system, forward, texts, answers, config):
-    """The loss of one batch, computed naively (see the module docstring); returns the fp32 total."""
-    anchor = semantic_anchor(system.model, system.encoder, texts)  # recomputed every step
-    zs, soft_prompts, anchor_target = forward(texts, anchor)
+def naive_step_loss(system, forward, texts, answers, config, sender_texts=None, questions=None):
+    """The loss of one QA-stage batch, computed naively (see the module docstring); returns the fp32
+    total. ``sender_texts`` and ``questions`` as in ``training.step.batch_loss`` (hybrid conditioning)."""
+    if config.w_rec:
+        raise ValueError("the naive reference has no reconstruction term (loss.w_rec must be 0)")
+    sender_texts = texts if sender_texts is None else sender_texts
+    anchor = semantic_anchor(system.model, system.encoder, sender_texts)  # recomputed every step
+    zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     gen, kd = [], []
     for key, lm in system.lms.items():
         targets = lm.answer_targets(answers, config.k_tokens)  # (B, K)
-        prefix = lm.soft_prefix(soft_prompts[key])
+        prefix = lm.soft_prefix(soft_prompts[key], questions=questions)
         student = []
         for j in range(config.k_tokens):  # one full forward per answer position
             embeddings = torch.cat([prefix.embeddings, lm.embed(targets.ids[:, :j])], dim=1)
@@ -43,5 +48,8 @@ def naive_step_loss(system, forward, texts, answers, config):
             width = text.embeddings.shape[1]
             teacher = _full_logits(lm, embeddings, mask)[:, width - 1 : width - 1 + config.k_tokens]
         kd.append(kd_loss(student, teacher, targets.mask, config.kd_temperature))
-    return (config.w_gen * torch.stack(gen).sum() + config.w_kd * torch.stack(kd).sum()
-            + config.w_align * alignment_loss(zs) + config.w_sem * semantic_anchor_loss(zs, anchor_target))
+    total = (config.w_gen * torch.stack(gen).sum() + config.w_kd * torch.stack(kd).sum()
+             + config.w_align * alignment_loss(zs) + config.w_sem * semantic_anchor_loss(zs, anchor_target))
+    if config.w_nce:
+        total = total + config.w_nce * contrastive_loss(zs, config.nce_temperature)
+    return total

@@ -7,6 +7,7 @@ the machine's measured peak matmul FLOP/s.
 Measured in one process on the same batches: (1) the real step while it fills an empty cache (the first
 epoch of the first run), (2) the real step on the same batches again, cache warm (every later epoch
 and every later run on the same data), (3) the naive reference of benchmarks/naive_reference.py.
+The timed steps are the QA stage's first ones (after ``pretrain.steps`` reconstruction steps, if any).
 FLOPs are counted with torch's FlopCounterMode over one warm step (forward and backward matmuls and
 attention; elementwise work is not counted), so "achieved FLOP/s" is a lower bound.
 """
@@ -31,7 +32,8 @@ def main() -> None:
     config = config_of(args, f"cache.dir={workdir / 'cache'}", "train.log_every=100000")
     recipe = TrainingRecipe(config, workdir / "run", progress=False)
     recipe.setup(resume=False)
-    steps = list(range(args.steps))
+    first = config.pretrain.steps  # the QA stage: the step the naive reference implements
+    steps = list(range(first, first + args.steps))
     batch = recipe.stream.global_batch_size
 
     def real(step: int) -> None:
@@ -42,7 +44,8 @@ def main() -> None:
 
     def naive(step: int) -> None:
         for micro in recipe.stream.micro_batches(step):
-            naive_step_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss).backward()
+            naive_step_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
+                            micro.sender_texts, micro.questions).backward()
         recipe._clip_gradients(step)
         recipe.optimizer.step()
         recipe.optimizer.zero_grad(set_to_none=True)

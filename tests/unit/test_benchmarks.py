@@ -47,3 +47,28 @@ def test_kd_topk_gap_benchmark(tmp_path):
     for model in data["models"].values():
         fractions = [v["fraction_of_exact"] for v in model["top_k"].values()]
         assert all(0 <= f <= 1 + 1e-5 for f in fractions) and fractions == sorted(fractions)
+
+
+@pytest.mark.parametrize("overrides", [[], ["interlingua.conditioning=hybrid", "loss.w_nce=1.0", "pretrain.steps=2",
+                                       "pretrain.warmup_steps=1"]],
+                         ids=["seed-terms", "hybrid-nce-after-pretrain"])
+def test_naive_reference_computes_the_same_loss_as_the_real_step(tmp_path, overrides, monkeypatch):
+    """The benchmark's speedup is only meaningful if the naive step computes the same loss (exact KD)."""
+    from interlingua.config import load_config
+    from interlingua.training.recipe import TrainingRecipe
+    from interlingua.training.step import batch_loss
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    from naive_reference import naive_step_loss
+
+    config = load_config("tiny", [f"data.source={SQUAD_MINI}", "cache.teacher=false", "cache.teacher_top_k=0",
+                                  f"cache.dir={tmp_path / 'cache'}", *overrides])
+    recipe = TrainingRecipe(config, tmp_path / "run", progress=False)
+    recipe.setup(resume=False)
+    micro = recipe.stream.micro_batches(config.pretrain.steps)[0]
+    real = batch_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
+                      sender_texts=micro.sender_texts, questions=micro.questions).total
+    naive = naive_step_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
+                            micro.sender_texts, micro.questions)
+    assert float(naive) == pytest.approx(float(real), rel=1e-4)
+    recipe.cleanup(False)
