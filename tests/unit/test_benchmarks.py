@@ -72,3 +72,13 @@ def test_naive_reference_computes_the_same_loss_as_the_real_step(tmp_path, overr
                             micro.sender_texts, micro.questions)
     assert float(naive) == pytest.approx(float(real), rel=1e-4)
     recipe.cleanup(False)
+
+
+def test_reconstruction_floor_probe(tmp_path):
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "probes" / "reconstruction_floor.py"), "--config", "tiny",
+               "--examples", "5", f"data.source={SQUAD_MINI}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_model = [float(line.split(": ")[1].split()[0]) for line in done.stdout.splitlines() if "no soft prompt" in line]
+    assert len(per_model) == 2 and all(value > 0 for value in per_model)
+    assert float(done.stdout.split("L_rec): ")[1]) == pytest.approx(sum(per_model), abs=2e-3)
