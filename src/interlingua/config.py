@@ -443,6 +443,15 @@ def config_to_dict(config: Config) -> dict:
     return _enum_values(dataclasses.asdict(config))
 
 
+def normalised_config_dict(stored: dict) -> dict:
+    """A stored config dict as :func:`config_to_dict` writes it today (older checkpoints stored enum
+    names such as ``HYBRID``); a dict that no longer loads is returned unchanged."""
+    try:
+        return config_to_dict(config_from_dict(stored))
+    except ConfigError:
+        return stored
+
+
 def _enum_values(node):
     if isinstance(node, dict):
         return {key: _enum_values(value) for key, value in node.items()}

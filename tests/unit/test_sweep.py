@@ -280,3 +280,15 @@ def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, mo
     assert logged == [0, 1]
     result = json.loads((tmp_path / "cells" / "d16_m2_int8_g32.json").read_text())
     assert result["checkpoint"]["path"].endswith("step_000002")
+
+
+def test_a_cell_stored_with_enum_names_is_still_recognised_as_the_same_settings():
+    from interlingua.config import config_to_dict, load_config
+    from interlingua.sweep.grid import comparable
+
+    config = load_config("tiny", ["compression.precision=int8"])
+    stored = config_to_dict(config)
+    stored["compression"]["precision"] = "INT8"  # as configs were stored before enum values
+    assert comparable(stored) == comparable(config)
+    stored["compression"]["precision"] = "int4"
+    assert comparable(stored) != comparable(config)

@@ -411,7 +411,8 @@ def test_pretrain_defaults_keep_the_seed_and_old_configs_load():
 
 def test_resume_does_not_report_enum_names_of_older_checkpoints_as_changes(caplog):
     from interlingua.config import config_to_dict
-    from interlingua.training.recipe import _normalised, _warn_config_changes
+    from interlingua.config import normalised_config_dict as _normalised
+    from interlingua.training.recipe import _warn_config_changes
 
     config = tiny("interlingua.conditioning=hybrid")
     current = config_to_dict(config)

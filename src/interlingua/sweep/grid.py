@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from interlingua.config import (
-    SHIPPED_CONFIG_DIR, Config, ConfigError, Pooling, Precision, config_to_dict, load_config, parse_override,
+    SHIPPED_CONFIG_DIR, Config, ConfigError, Pooling, Precision, config_to_dict, load_config, normalised_config_dict,
+    parse_override,
 )
 from interlingua.wire.quantize import FLOAT_DTYPES
 
@@ -266,7 +267,7 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config
 def comparable(config: Config | dict, training: bool = False) -> dict:
     """The config as a dict without the settings of :data:`IGNORED_FOR_REUSE` (and, for a training run,
     without ``eval``, which training does not read)."""
-    data = config_to_dict(config) if isinstance(config, Config) else dict(config)
+    data = config_to_dict(config) if isinstance(config, Config) else normalised_config_dict(dict(config))
     data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for section, key in IGNORED_FOR_REUSE:
         data.get(section, {}).pop(key, None)

@@ -40,7 +40,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from interlingua.cache.install import install_caches
-from interlingua.config import AnchorKind, Config, ConfigError, config_from_dict, config_to_dict
+from interlingua.config import AnchorKind, Config, ConfigError, config_to_dict, normalised_config_dict
 from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
@@ -212,7 +212,7 @@ class TrainingRecipe:
             raise CheckpointError(
                 f"{directory} is past pretrain.steps + train.steps = {total_steps(self.config)}; raise train.steps"
             )
-        _warn_config_changes(_normalised(state["config"]), config_to_dict(self.config))
+        _warn_config_changes(normalised_config_dict(state["config"]), config_to_dict(self.config))
         rngs, acc = state["rng"], self.accelerator
         if len(rngs) == acc.num_processes:
             self._rng_after_setup = rngs[acc.process_index]
@@ -352,14 +352,6 @@ class TrainingRecipe:
         if finished:  # after an error another process may never arrive: do not wait for it
             self.accelerator.wait_for_everyone()
             self.accelerator.end_training()
-
-
-def _normalised(saved: dict) -> dict:
-    """A stored config as :func:`config_to_dict` writes it today (older checkpoints stored enum names)."""
-    try:
-        return config_to_dict(config_from_dict(saved))
-    except ConfigError:
-        return saved
 
 
 def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
