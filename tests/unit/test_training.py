@@ -408,20 +408,19 @@ def test_pretrain_defaults_keep_the_seed_and_old_configs_load():
     assert config_from_dict(config_to_dict(changed)) == changed
 
 
-
 def test_resume_does_not_report_enum_names_of_older_checkpoints_as_changes(caplog):
-    from interlingua.config import config_to_dict
-    from interlingua.config import normalised_config_dict as _normalised
+    from interlingua.config import config_to_dict, normalised_config_dict
     from interlingua.training.recipe import _warn_config_changes
 
     config = tiny("interlingua.conditioning=hybrid")
     current = config_to_dict(config)
     old = {**current, "interlingua": {**current["interlingua"], "conditioning": "HYBRID"}}
     with caplog.at_level("WARNING"):
-        _warn_config_changes(_normalised(old), current)
+        _warn_config_changes(normalised_config_dict(old), current)
         assert not caplog.records
-        _warn_config_changes(_normalised(old), config_to_dict(tiny()))
+        _warn_config_changes(normalised_config_dict(old), config_to_dict(tiny()))
     assert "interlingua.conditioning" in caplog.text
+
 
 def test_each_stage_has_its_own_warmup_and_cosine():
     config = tiny("pretrain.steps=4", "pretrain.warmup_steps=2", "pretrain.lr=1e-3", "train.steps=3")

@@ -160,14 +160,9 @@ class FrozenLM:
             self._plain_ids.move_to_end(text)
         while len(self._plain_ids) > PLAIN_IDS_MEMO:
             self._plain_ids.popitem(last=False)
-        rows = [self._plain_ids[text] for text in texts]
-        width = max((len(row) for row in rows), default=0)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return ids.to(self.device), mask.to(self.device)
+        batch = self.tokenizer.pad({"input_ids": [self._plain_ids[text] for text in texts]}, padding=True,
+                                   return_tensors="pt", padding_side="right")
+        return batch.input_ids.to(self.device), batch.attention_mask.bool().to(self.device)
 
     def answer_targets(self, answers: list[str], k: int) -> Targets:
         """The first ``k`` tokens of ``" " + answer + "\\n"`` (no special tokens, so BOS is never a
