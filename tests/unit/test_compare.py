@@ -31,6 +31,19 @@ def test_rows_read_the_evaluation(finished_runs):
         assert values["latent_f1"] == metrics["latent"]["scores"][model]["latent"]["f1"]
         assert values["question_only_f1"] == metrics["baselines"][model]["question_only"]["f1"]
         assert set(values["cross_f1_from"]) == set(row["models"]) - {model}
+        assert values["changed_by_shuffle"] == metrics["latent"]["collapse"][model]["changed_by_shuffle_share"]
+
+
+def test_results_written_before_the_shuffle_share_recompute_it_from_their_predictions(finished_runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(finished_runs / "b", old)
+    metrics_path = next(old.glob("eval/step_*/metrics.json"))
+    metrics = json.loads(metrics_path.read_text())
+    stored = {m: c.pop("changed_by_shuffle_share") for m, c in metrics["latent"]["collapse"].items()}
+    metrics_path.write_text(json.dumps(metrics))
+    assert {m: v["changed_by_shuffle"] for m, v in variant_row("old", old)["models"].items()} == stored
+    (metrics_path.parent / "predictions.jsonl").unlink()
+    assert all(v["changed_by_shuffle"] is None for v in variant_row("old", old)["models"].values())
 
 
 def test_compare_writes_table_json_and_plot(finished_runs, tmp_path, capsys):

@@ -18,8 +18,8 @@ from interlingua.constants import (
 from interlingua.data.prompts import budgeted_text_prompt, shared_text_prompt, text_prompt
 from interlingua.eval.jobs import checkpoint_config, eval_job, validation_examples
 from interlingua.eval.latent import (
-    INFORMATION_FLOW_MARGIN_F1, agreement, cross_decode_matrix, derangement, distinct_share, evaluate_latent,
-    evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
+    INFORMATION_FLOW_MARGIN_F1, agreement, changed_by_shuffle, cross_decode_matrix, derangement, distinct_share,
+    evaluate_latent, evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
@@ -93,6 +93,17 @@ def test_cross_decode_matrix_and_predictions_by_model():
     assert predictions_by_model(rows, "latent", ["q2", "q1"]) == {"a": ["y", "x"]}
 
 
+def test_changed_by_shuffle_compares_normalised_answers_per_receiver():
+    rows = [
+        _row("q1", "a", "a", "latent", "The Dane", 1.0), _row("q1", "a", "a", "shuffled", "dane.", 1.0),
+        _row("q2", "a", "a", "latent", "1992", 0.0), _row("q2", "a", "a", "shuffled", "2002", 0.0),
+        _row("q1", "b", "b", "latent", "x", 0.0), _row("q1", "b", "b", "shuffled", "y", 0.0),
+        _row("q2", "b", "b", "latent", "x", 0.0), _row("q2", "b", "b", "shuffled", "y", 0.0),
+        _row("q1", "c", "c", "latent", "x", 0.0), _row("q2", "c", "c", "latent", "x", 0.0),  # no shuffled rows
+    ]
+    assert changed_by_shuffle(rows, ["q1", "q2"]) == {"a": 0.5, "b": 1.0}
+
+
 @pytest.mark.parametrize("latent_f1, flows", [(20.0, True), (13.0, False)])
 def test_information_flow_needs_the_margin_over_both_controls(latent_f1, flows):
     baselines = {"m": {"question_only": {"f1": 10.0}}}
@@ -152,7 +163,8 @@ def test_eval_job_writes_every_artifact(job_dir, checkpoint, tiny_model):
     assert set(metrics["information_flow"]) == set(MODELS)
     report = (job_dir / REPORT_FILE).read_text()
     for text in ("Smoke run", "Information flows through z for tiny-llama", "margin", "Cross-decode", "Agreement",
-                 "Interlingua distance", "Collapse diagnostics", "shuffled-z control", "question-only control"):
+                 "Interlingua distance", "Collapse diagnostics", "shuffled-z control", "question-only control",
+                 "answers changed by shuffled z"):
         assert text in report, text
 
 
@@ -192,6 +204,10 @@ def test_cross_decode_diagonal_is_the_latent_row(job_dir):
     fp32_message = encode_message(torch.zeros(32), Precision.FP32, 32, "0" * 16)
     assert (messages["wire_precision"], messages["wire_group_size"]) == ("fp32", None)
     assert messages["wire_bytes"] == len(fp32_message) > 32 * 4
+    rows = read_rows(job_dir)
+    ids = [r["id"] for r in rows if r["mode"] == "latent" and r["model"] == MODELS[0]]
+    for model in MODELS:
+        assert latent["collapse"][model]["changed_by_shuffle_share"] == changed_by_shuffle(rows, ids)[model]
 
 
 def test_checkpoint_config_prefers_trainer_state_then_run_config(checkpoint, tmp_path, tiny_config):
@@ -291,5 +307,7 @@ def test_own_latent_rows_are_the_latent_rows_of_the_full_evaluation(tiny_model, 
     assert own_rows == [row for row in all_rows if row["mode"] == "latent"]
     assert {model: set(scores) for model, scores in own["scores"].items()} == {model: {"latent"} for model in MODELS}
     assert own["messages"] == full["messages"]
+    assert all("changed_by_shuffle_share" not in c for c in own["collapse"].values())  # no shuffled rows
+    assert all("changed_by_shuffle_share" in c for c in full["collapse"].values())
     with pytest.raises(ConfigError, match="eval.limit"):
         evaluate_own_latent(system, examples[:1], config, progress=False)

@@ -63,7 +63,8 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
         assert [p.eval_config.compression.precision for p in group] == ["fp16", "int8", "int4"]
     first = plan.cells[0]
     assert (first.eval_config.eval.limit, first.train_config.train.steps) == (1000, sweep.train_steps)
-    assert plan.reference_shape == (512,)  # embedded uses the seed's mean pooling: z is one d_inter vector
+    assert plan.reference_shape == (32, 512)  # embedded pools with M learned queries: z is M x d_inter
+    assert (first.train_config.pretrain.steps, first.train_config.train.steps) == (100, 150)  # the 250-step run
 
 
 def test_every_shipped_sweep_loads_and_plans(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from interlingua.constants import METRICS_FILE, METRICS_LOG_FILE
+from interlingua.constants import METRICS_FILE, METRICS_LOG_FILE, PREDICTIONS_FILE
+from interlingua.eval.latent import changed_by_shuffle
 
 
 class CompareError(ValueError):
@@ -33,9 +34,11 @@ def eval_metrics_path(run_dir: Path) -> Path:
 
 def variant_row(name: str, run_dir: Path) -> dict:
     """One row of the ablation table from a run folder."""
-    metrics = json.loads(eval_metrics_path(run_dir).read_text())
+    metrics_path = eval_metrics_path(run_dir)
+    metrics = json.loads(metrics_path.read_text())
     latent, baselines = metrics["latent"], metrics["baselines"]
     config = metrics["run"]["config"]
+    changed = _changed_by_shuffle(latent, metrics_path.parent / PREDICTIONS_FILE)
     models = {}
     for model, scores in latent["scores"].items():
         text_f1 = baselines[model]["text"]["f1"]
@@ -48,6 +51,7 @@ def variant_row(name: str, run_dir: Path) -> dict:
             "cross_f1_from": {sender: latent["cross_decode"][sender][model]["f1"] for sender in others},
             "z_cosine": latent["collapse"][model]["mean_pairwise_cosine"],
             "distinct_predictions": latent["collapse"][model]["distinct_prediction_share"],
+            "changed_by_shuffle": changed.get(model),
             "flows": metrics["information_flow"][model]["flows"],
         }
     train = config["train"]
@@ -60,12 +64,23 @@ def variant_row(name: str, run_dir: Path) -> dict:
     }
 
 
+def _changed_by_shuffle(latent: dict, predictions_path: Path) -> dict[str, float]:
+    """The evaluation's own ``changed_by_shuffle_share``, or (results written before it existed) the same
+    share recomputed from its predictions file; models with neither are absent."""
+    stored = {m: c["changed_by_shuffle_share"] for m, c in latent["collapse"].items() if "changed_by_shuffle_share" in c}
+    if len(stored) == len(latent["collapse"]) or not predictions_path.is_file():
+        return stored
+    rows = [json.loads(line) for line in predictions_path.read_text().splitlines() if line.strip()]
+    ids = list(dict.fromkeys(r["id"] for r in rows if r["mode"] == "latent"))
+    return changed_by_shuffle(rows, ids)
+
+
 def ablation_table(rows: list[dict]) -> str:
     """Markdown: one line per variant and model."""
     lines = [
         "| variant | n | steps × batch | model | latent F1 / EM | retention | shuffled F1 | question-only F1 | "
-        "cross F1 (from other) | z cosine | distinct | flows |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "cross F1 (from other) | z cosine | distinct | changed by shuffled z | flows |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for row in rows:
         for model, m in row["models"].items():
@@ -74,6 +89,7 @@ def ablation_table(rows: list[dict]) -> str:
                 f"| {row['variant']} | {row['n']} | {row['steps']} × {row['global_batch']} | {model} | "
                 f"{m['latent_f1']:.1f} / {m['latent_em']:.1f} | {m['retention']:.0%} | {m['shuffled_f1']:.1f} | "
                 f"{m['question_only_f1']:.1f} | {cross} | {m['z_cosine']:.4f} | {m['distinct_predictions']:.1%} | "
+                f"{'–' if m['changed_by_shuffle'] is None else format(m['changed_by_shuffle'], '.1%')} | "
                 f"{'yes' if m['flows'] else 'no'} |"
             )
     return "\n".join(lines) + "\n"

@@ -278,9 +278,11 @@ def latent_summary(
     Returns:
         ``{"n", "shuffle_seed", "conditioning", "scores": {model: {latent, shuffled}}, "cross_decode":
         {sender: {receiver}}, "agreement": {"latent": [...], "text": [...]}, "distance": [...],
-        "collapse": {model}, "messages": {model}}``; scores ×100, agreement shares in [0, 1].
+        "collapse": {model}, "messages": {model}}``; scores ×100, agreement shares in [0, 1];
+        ``collapse`` holds :func:`changed_by_shuffle` where the rows have the shuffled-z control.
     """
     latent_predictions = predictions_by_model(rows, "latent", ids)
+    changed = changed_by_shuffle(rows, ids)
     agreements = {"latent": agreement(latent_predictions)}
     if text_rows:
         agreements["text"] = agreement(predictions_by_model(text_rows, "text", ids))
@@ -293,7 +295,8 @@ def latent_summary(
         "agreement": agreements,
         "distance": [{"a": a, "b": b, **interlingua_distance(zs[a], zs[b])} for a, b in itertools.combinations(zs, 2)],
         "collapse": {
-            key: {**collapse_diagnostics(z), "distinct_prediction_share": distinct_share(latent_predictions[key])}
+            key: {**collapse_diagnostics(z), "distinct_prediction_share": distinct_share(latent_predictions[key]),
+                  **({"changed_by_shuffle_share": changed[key]} if key in changed else {})}
             for key, z in zs.items()
         },
         "messages": {
@@ -349,6 +352,21 @@ def interlingua_distance(z_a: Tensor, z_b: Tensor) -> dict[str, float]:
 def distinct_share(predictions: Sequence[str]) -> float:
     """Distinct normalised predictions / predictions: near 0 when every input gets the same answer."""
     return len({normalize_answer(p) for p in predictions}) / len(predictions)
+
+
+def changed_by_shuffle(rows: Iterable[dict], ids: Sequence[str]) -> dict[str, float]:
+    """Per receiver: the share of examples whose answer changes when it decodes another example's z.
+
+    Near 0: the receiver ignores z (a constant or unread soft prompt), whatever z holds. High while the
+    latent F1 equals the shuffled F1: z steers the answers, but not toward the example's own content.
+    Models without shuffled rows (a compression-sweep evaluation) are absent.
+    """
+    rows = list(rows)
+    latent, shuffled = predictions_by_model(rows, "latent", ids), predictions_by_model(rows, "shuffled", ids)
+    return {
+        model: sum(not normalized_equal(a, b) for a, b in zip(latent[model], shuffled[model])) / len(ids)
+        for model in latent if model in shuffled
+    }
 
 
 def message_sizes(

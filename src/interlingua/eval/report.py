@@ -159,11 +159,12 @@ def _distance_table(distances: list[dict]) -> str:
 def _collapse_table(collapse: dict) -> str:
     rows = [
         [model, f"{c['mean_pairwise_cosine']:.4f}", f"{c['mean_dim_variance']:.4g}", f"{c['min_dim_variance']:.4g}",
-         f"{100.0 * c['distinct_prediction_share']:.1f}"]
+         f"{100.0 * c['distinct_prediction_share']:.1f}",
+         f"{100.0 * c['changed_by_shuffle_share']:.1f}" if "changed_by_shuffle_share" in c else "–"]
         for model, c in collapse.items()
     ]
     header_ = ["model (sender)", "mean pairwise cosine", "mean dim variance", "min dim variance",
-               "distinct predictions %"]
+               "distinct predictions %", "answers changed by shuffled z %"]
     return markdown_table(header_, rows)
 
 
