@@ -65,6 +65,7 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
     assert (first.eval_config.eval.limit, first.train_config.train.steps) == (1000, sweep.train_steps)
     assert plan.reference_shape == (32, 512)  # embedded pools with M learned queries: z is M x d_inter
     assert (first.train_config.pretrain.steps, first.train_config.train.steps) == (100, 150)  # the 250-step run
+    assert plan.base_config.train.steps == 150  # the provenance of the tables holds the steps the cells ran
 
 
 def test_every_shipped_sweep_loads_and_plans(tmp_path):

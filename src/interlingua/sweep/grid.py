@@ -237,9 +237,9 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path, extra_overrides: Optional[L
             names the key.
     """
     common = list(sweep.overrides) + list(extra_overrides or [])
-    base = load_config(sweep.base, common)
-    if sweep.train_steps is not None:
+    if sweep.train_steps is not None:  # before validation: a warmup longer than the base's own steps is fine
         common.append(f"train.steps={sweep.train_steps}")
+    base = load_config(sweep.base, common)
     planned = []
     for cell in expand_grid(sweep, base):
         shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.num_slots={cell.num_slots}"]
