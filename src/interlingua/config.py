@@ -186,6 +186,9 @@ class TrainConfig:
     """Max global gradient norm; 0 disables clipping."""
     save_every: int = 50
     """Checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N ``step_*/`` folders, deleting older ones after each save; 0 = keep all.
+    A checkpoint with its optimizer state is ~150 MB for the embedded pair, so long runs fill disks."""
     log_every: int = 10
     """Collapse diagnostics and metrics every N optimizer steps (and at step 0)."""
 
@@ -195,6 +198,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"train.keep_checkpoints must be >= 0 (0 = keep every checkpoint), got {self.keep_checkpoints}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ConfigError(f"train.warmup_steps must be in [0, train.steps={self.steps}], got {self.warmup_steps}")
 

@@ -66,6 +66,7 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
     assert plan.reference_shape == (32, 512)  # embedded pools with M learned queries: z is M x d_inter
     assert (first.train_config.pretrain.steps, first.train_config.train.steps) == (100, 150)  # the 250-step run
     assert plan.base_config.train.steps == 150  # the provenance of the tables holds the steps the cells ran
+    assert first.train_config.train.keep_checkpoints == 1
 
 
 def test_every_shipped_sweep_loads_and_plans(tmp_path):
@@ -294,3 +295,16 @@ def test_a_cell_stored_with_enum_names_is_still_recognised_as_the_same_settings(
     assert comparable(stored) == comparable(config)
     stored["compression"]["precision"] = "int4"
     assert comparable(stored) != comparable(config)
+
+
+def test_settings_that_do_not_change_a_result_do_not_force_a_retraining():
+    from interlingua.config import config_to_dict, load_config
+    from interlingua.sweep.grid import comparable
+
+    config = load_config("tiny", ["train.keep_checkpoints=1"])
+    stored = config_to_dict(config)
+    del stored["train"]["keep_checkpoints"]  # a run stored before the setting existed
+    stored["runtime"]["output_dir"] = "elsewhere"
+    assert comparable(stored, training=True) == comparable(config, training=True)
+    stored["train"]["lr"] = 1e-5
+    assert comparable(stored, training=True) != comparable(config, training=True)

@@ -28,7 +28,7 @@ from interlingua.cli import main as cli_main
 from interlingua.training import recipe
 from interlingua.training.batches import TrainingStream
 from interlingua.training.checkpoint import (
-    optimizer_state_from_safe, optimizer_state_to_safe, rng_state, set_rng_state,
+    optimizer_state_from_safe, optimizer_state_to_safe, prune_checkpoints, rng_state, set_rng_state,
 )
 from interlingua.training.recipe import (
     TrainingDivergedError, interlingua_spec, lr_factor, stage_lr_factor, stage_of, train,
@@ -128,6 +128,40 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     straight_rows, resumed_rows = metrics_rows(tmp_path / "straight"), metrics_rows(tmp_path / "resumed")
     assert [r["step"] for r in resumed_rows] == [0, 1, 2, 3]  # the step-2 line of the crashed run is not repeated
     assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in straight_rows]
+
+
+def test_prune_keeps_the_newest_and_never_the_latest_pointer_target(tmp_path):
+    for step in (2, 4, 10, 12):
+        (tmp_path / f"step_{step:06d}").mkdir()
+    (tmp_path / "step_notes").mkdir()  # not a checkpoint name: left alone
+    (tmp_path / LATEST_CHECKPOINT_FILE).write_text("step_000004\n")  # e.g. a re-saved earlier step
+    assert prune_checkpoints(tmp_path, 0) == []
+    assert {p.name for p in prune_checkpoints(tmp_path, 2)} == {"step_000002"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "step_000004", "step_000010", "step_000012", "step_notes"]
+
+
+def test_keep_checkpoints_bounds_the_folders_and_resume_still_works(tmp_path, monkeypatch):
+    config = tiny("train.steps=4", "train.save_every=1", "train.keep_checkpoints=1")
+    straight = train(config, tmp_path / "straight", progress=False)
+    assert [p.name for p in (tmp_path / "straight").glob("step_*")] == ["step_000004"]
+    original = recipe.TrainingRecipe._forward_backward
+
+    def crash_at_step_3(self, step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "resumed", progress=False)
+    assert [p.name for p in (tmp_path / "resumed").glob("step_*")] == ["step_000003"]
+    monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", original)
+    resumed = train(config, tmp_path / "resumed", resume=True, progress=False)
+    expected, got = tensors_of(straight), tensors_of(resumed)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        tiny("train.keep_checkpoints=-1")
 
 
 # ---- frozen is frozen, gradients reach the learned modules -------------------------------------

@@ -18,6 +18,8 @@ import base64
 import json
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from interlingua.constants import (
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec, replace_dir
 
 TRAINER_STATE_VERSION = 1
+_CHECKPOINT_NAME = re.compile(r"step_(\d+)")  # CHECKPOINT_DIR_FORMAT's folders
 _SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
 _FIX = ("resume with the checkpoint's settings (its trainer_state.json has the config) "
         "or train into a new --output-dir")
@@ -89,6 +92,22 @@ def save_checkpoint(
     replace_dir(tmp, final)  # a re-saved step replaces the old folder only once the new one is whole
     _write_latest(Path(output_dir), final.name)
     return final
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``step_*/`` folders of a run (``keep`` = 0: delete none).
+
+    The folder ``latest`` names is never deleted, whatever its step. Returns the deleted folders.
+    """
+    if keep <= 0:
+        return []
+    latest = latest_checkpoint(output_dir)
+    steps = sorted((int(match.group(1)), path) for path in Path(output_dir).iterdir()
+                   if path.is_dir() and (match := _CHECKPOINT_NAME.fullmatch(path.name)))
+    doomed = [path for _, path in steps[:-keep] if latest is None or path.resolve() != latest.resolve()]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
 
 
 def read_trainer_state(directory: Path) -> dict:

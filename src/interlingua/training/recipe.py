@@ -50,8 +50,8 @@ from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_froz
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
-    check_same_config, checkpoint_dir, latest_checkpoint, restore_checkpoint, rng_state, save_checkpoint,
-    set_rng_state,
+    check_same_config, checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint, rng_state,
+    save_checkpoint, set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
 from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
@@ -333,6 +333,7 @@ class TrainingRecipe:
             }
             model = acc.unwrap_model(self.forward).model
             save_checkpoint(self.output_dir, model, self.optimizer.optimizer, self.scheduler, state)
+            prune_checkpoints(self.output_dir, self.config.train.keep_checkpoints)
         acc.wait_for_everyone()
         return checkpoint_dir(self.output_dir, self.step)
 
