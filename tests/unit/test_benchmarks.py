@@ -32,9 +32,13 @@ def test_train_step_benchmark(tmp_path):
 
 def test_receiver_ttft_benchmark(tmp_path):
     data = _run("receiver_ttft", tmp_path, "--examples", "3")
-    for model in data["models"].values():
+    hybrid = _run("receiver_ttft", tmp_path, "--examples", "3", "interlingua.conditioning=hybrid")
+    assert (data["conditioning"], hybrid["conditioning"]) == ("full", "hybrid")
+    for key, model in data["models"].items():
         assert model["receiver_positions"]["latent"] < model["receiver_positions"]["text_mean"]
         assert model["speedup"] > 0
+        # hybrid: the receiver also reads the question after the soft prompt
+        assert hybrid["models"][key]["receiver_positions"]["latent"] > model["receiver_positions"]["latent"]
 
 
 def test_eval_throughput_benchmark(tmp_path):
