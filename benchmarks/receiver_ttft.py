@@ -20,8 +20,8 @@ import statistics
 import torch
 
 from common import config_of, parse_args, report, timed
-from interlingua.data.squad import load_squad
 from interlingua.config import Conditioning
+from interlingua.data.squad import load_squad
 from interlingua.eval.latent import conditioning_of, prompt_texts, sender_texts
 from interlingua.models.interlingua import InterlinguaModel
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
