@@ -1,5 +1,5 @@
 """Receiver time-to-first-answer-token: from the interlingua (adapter + M soft tokens) vs from the full
-text prompt, same model, same examples, one request at a time.
+text prompt, same model, same examples: one request at a time, and batches of requests served together.
 
     python benchmarks/receiver_ttft.py --config embedded data.source=../shared/data/squad
     python benchmarks/receiver_ttft.py --config tiny data.source=tests/assets/squad_mini --examples 4
@@ -11,6 +11,11 @@ z carries the context alone and the prefill reads ``\nQuestion: …\nAnswer:`` a
 (chat template included where the model uses one), embed, prefill over all of its tokens, first greedy
 token. ``z`` itself comes from the sender and is not part of the receiver's time. The learned modules
 are freshly initialised (their cost does not depend on their training) unless --checkpoint is given.
+
+Batched: the examples sorted by the length of what each path reads (the text prompt's tokens; the
+latent prefix's positions) and cut into batches of ``--batch-size``, each one left-padded prefill; every
+request of a batch gets its first token when the batch's prefill ends, so the per-batch time is each
+request's time to first token. Both paths batch the same way, so padding costs each its own share.
 """
 
 from __future__ import annotations
@@ -29,15 +34,25 @@ from interlingua.runtime import frozen_dtype, resolve_device
 from interlingua.training.recipe import interlingua_spec
 
 
-def _first_token(lm, prefix) -> int:
-    out = lm.model(inputs_embeds=prefix.embeddings, attention_mask=prefix.mask.long(), use_cache=True,
-                   logits_to_keep=1)
-    return int(out.logits[0, -1].argmax())
+def _first_tokens(lm, prefix) -> list[int]:
+    """One prefill over a left-padded batch and each row's first greedy token."""
+    position_ids = (prefix.mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm.model(inputs_embeds=prefix.embeddings, attention_mask=prefix.mask.long(), position_ids=position_ids,
+                   use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].argmax(-1).tolist()
+
+
+def _buckets(lengths: list[int], size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of ``size``: how a server batches requests that arrive together."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def main() -> None:
     def extra(parser):
-        parser.add_argument("--examples", type=int, default=30, help="validation examples timed (default 30)")
+        parser.add_argument("--examples", type=int, default=32, help="validation examples timed (default 32)")
+        parser.add_argument("--batch-size", type=int, default=8,
+                            help="requests served together in the batched measurement (default 8)")
         parser.add_argument("--checkpoint", help="a trained checkpoint folder (default: fresh learned modules)")
 
     args = parse_args(__doc__.splitlines()[0], extra)
@@ -54,37 +69,53 @@ def main() -> None:
     texts, sent = prompt_texts(system, examples, config), sender_texts(system, examples, config)
     hybrid = conditioning_of(system) == Conditioning.HYBRID
     rows = []
-    data = {"config": config.name, "examples": len(examples), "conditioning": conditioning_of(system).value, "models": {}}
+    data = {"config": config.name, "examples": len(examples), "batch_size": args.batch_size,
+            "conditioning": conditioning_of(system).value, "models": {}}
     with torch.no_grad():
         for key, lm in lms.items():
             zs = system.encode(key, sent, system.anchor(sent))  # the messages (sender side, not timed)
 
-            def latent_prefix(i: int):
-                questions = [examples[i].question] if hybrid else None
-                return lm.soft_prefix(system.soft_prompt(key, zs[i : i + 1]), questions=questions)
+            def latent_prefix(indices: list[int]):
+                questions = [examples[i].question for i in indices] if hybrid else None
+                return lm.soft_prefix(system.soft_prompt(key, zs[indices]), questions=questions)
 
-            latent_times, text_times, text_tokens, latent_positions = [], [], [], []
-            for i, text in enumerate(texts):
-                latent_fn = lambda i=i: _first_token(lm, latent_prefix(i))  # noqa: E731
-                text_fn = lambda text=text: _first_token(lm, lm.ids_prefix([lm.prompt_token_ids(text)]))  # noqa: E731
-                if i == 0:  # warm-up
-                    latent_fn(), text_fn()
-                latent_times.append(timed(latent_fn)[0])
-                text_times.append(timed(text_fn)[0])
-                text_tokens.append(len(lm.prompt_token_ids(text)))
-                latent_positions.append(latent_prefix(i).embeddings.shape[1])
-            latent_s, text_s = statistics.median(latent_times), statistics.median(text_times)
+            def text_prefix(indices: list[int]):
+                return lm.ids_prefix([lm.prompt_token_ids(texts[i]) for i in indices])
+
+            text_tokens = [len(lm.prompt_token_ids(text)) for text in texts]
+            latent_positions = [latent_prefix([i]).embeddings.shape[1] for i in range(len(texts))]
+            _first_tokens(lm, latent_prefix([0])), _first_tokens(lm, text_prefix([0]))  # warm-up
+            single, batched, same_tokens = {}, {}, {}
+            for path, prefix_of, lengths in (("latent", latent_prefix, latent_positions),
+                                             ("text", text_prefix, text_tokens)):
+                alone = [timed(lambda i=i: _first_tokens(lm, prefix_of([i]))) for i in range(len(texts))]
+                single[path] = statistics.median(seconds for seconds, _ in alone)
+                batches = _buckets(lengths, args.batch_size)
+                _first_tokens(lm, prefix_of(batches[0]))  # warm-up at this batch size
+                together = [(batch, timed(lambda batch=batch: _first_tokens(lm, prefix_of(batch)))) for batch in batches]
+                batched[path] = sum(seconds for _, (seconds, _) in together) / len(batches)
+                # left padding must not change the answer: the batched first tokens against one at a time
+                same_tokens[path] = sum(tokens[j] == alone[i][1][0] for batch, (_, tokens) in together
+                                        for j, i in enumerate(batch))
             positions = sum(latent_positions) / len(latent_positions)
             data["models"][key] = {
-                "median_ttft_s": {"latent": latent_s, "text": text_s}, "speedup": text_s / latent_s,
+                "median_ttft_s": single, "speedup": single["text"] / single["latent"],
+                "batched_mean_ttft_s": batched, "batched_speedup": batched["text"] / batched["latent"],
+                "batched_same_first_token": same_tokens,
                 "receiver_positions": {"latent": positions, "text_mean": sum(text_tokens) / len(text_tokens)},
             }
             rows += [
-                (f"{key} latent", f"{latent_s * 1e3:.1f} ms  ({positions:.0f} positions{' mean' if hybrid else ''})"),
-                (f"{key} text", f"{text_s * 1e3:.1f} ms  ({sum(text_tokens) / len(text_tokens):.0f} tokens mean)"),
-                (f"{key} speedup", f"{text_s / latent_s:.2f}x"),
+                (f"{key} latent", f"{single['latent'] * 1e3:.1f} ms  ({positions:.0f} positions{' mean' if hybrid else ''})"),
+                (f"{key} text", f"{single['text'] * 1e3:.1f} ms  ({sum(text_tokens) / len(text_tokens):.0f} tokens mean)"),
+                (f"{key} speedup", f"{single['text'] / single['latent']:.2f}x"),
+                (f"{key} batch of {args.batch_size}: latent", f"{batched['latent'] * 1e3:.1f} ms per batch"),
+                (f"{key} batch of {args.batch_size}: text", f"{batched['text'] * 1e3:.1f} ms per batch"),
+                (f"{key} batch of {args.batch_size}: speedup", f"{batched['text'] / batched['latent']:.2f}x"),
+                (f"{key} batch of {args.batch_size}: same first token as alone",
+                 f"latent {same_tokens['latent']}/{len(texts)}, text {same_tokens['text']}/{len(texts)}"),
             ]
-    report(f"receiver time to first token, {config.name}, median of {len(examples)}", rows, data, args.json)
+    report(f"receiver time to first token, {config.name}, {len(examples)} examples: one request at a time "
+           f"(median) and batches of {args.batch_size} sorted by length (mean per batch)", rows, data, args.json)
 
 
 if __name__ == "__main__":

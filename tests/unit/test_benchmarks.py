@@ -31,12 +31,14 @@ def test_train_step_benchmark(tmp_path):
 
 
 def test_receiver_ttft_benchmark(tmp_path):
-    data = _run("receiver_ttft", tmp_path, "--examples", "3")
-    hybrid = _run("receiver_ttft", tmp_path, "--examples", "3", "interlingua.conditioning=hybrid")
-    assert (data["conditioning"], hybrid["conditioning"]) == ("full", "hybrid")
+    data = _run("receiver_ttft", tmp_path, "--examples", "3", "--batch-size", "2")
+    hybrid = _run("receiver_ttft", tmp_path, "--examples", "3", "--batch-size", "2", "interlingua.conditioning=hybrid")
+    assert (data["conditioning"], hybrid["conditioning"], data["batch_size"]) == ("full", "hybrid", 2)
     for key, model in data["models"].items():
         assert model["receiver_positions"]["latent"] < model["receiver_positions"]["text_mean"]
-        assert model["speedup"] > 0
+        assert model["speedup"] > 0 and model["batched_speedup"] > 0
+        assert set(model["batched_mean_ttft_s"]) == {"latent", "text"}
+        assert model["batched_same_first_token"] == {"latent": 3, "text": 3}  # left padding changes no answer
         # hybrid: the receiver also reads the question after the soft prompt
         assert hybrid["models"][key]["receiver_positions"]["latent"] > model["receiver_positions"]["latent"]
 
