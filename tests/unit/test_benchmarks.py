@@ -80,11 +80,38 @@ def test_naive_reference_computes_the_same_loss_as_the_real_step(tmp_path, overr
     recipe.cleanup(False)
 
 
-def test_reconstruction_floor_probe(tmp_path):
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "probes" / "reconstruction_floor.py"), "--config", "tiny",
-               "--examples", "5", f"data.source={SQUAD_MINI}"]
+def _probe(tmp_path, *args: str) -> dict[str, list[float]]:
+    """Run the reconstruction probe; ``{row: [per-model CE..., sum]}`` from its printout."""
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "probes" / "reconstruction_floor.py"), *args,
+               f"data.source={SQUAD_MINI}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    per_model = [float(line.split(": ")[1].split()[0]) for line in done.stdout.splitlines() if "no soft prompt" in line]
+    rows = {}
+    for line in done.stdout.splitlines():
+        if "sum over models" in line:
+            name, rest = line.split(": ", 1)
+            cells, total = rest.split("; sum over models (compare with L_rec): ")
+            rows[name] = [float(cell.split()[-1]) for cell in cells.split(", ")] + [float(total)]
+    return rows
+
+
+def test_reconstruction_floor_probe(tmp_path):
+    rows = _probe(tmp_path, "--config", "tiny", "--examples", "5")
+    assert list(rows) == ["no soft prompt"]
+    *per_model, total = rows["no soft prompt"]
     assert len(per_model) == 2 and all(value > 0 for value in per_model)
-    assert float(done.stdout.split("L_rec): ")[1]) == pytest.approx(sum(per_model), abs=2e-3)
+    assert total == pytest.approx(sum(per_model), abs=2e-3)
+
+
+def test_reconstruction_probe_of_a_checkpoint_has_own_and_shuffled_z(tmp_path):
+    from interlingua.cli import main as cli_main
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", "tiny", "-o", str(run), "-q", f"data.source={SQUAD_MINI}", "train.steps=2",
+                     "train.save_every=2", f"cache.dir={tmp_path / 'cache'}"]) == 0
+    rows = _probe(tmp_path, "--checkpoint", str(run / "step_000002"), "--split", "validation", "--examples", "5")
+    assert list(rows) == ["no soft prompt", "own z", "shuffled z"]
+    for *per_model, total in rows.values():
+        assert len(per_model) == 2 and all(v > 0 for v in per_model)
+        assert total == pytest.approx(sum(per_model), abs=2e-3)
+
