@@ -67,10 +67,11 @@ def main() -> None:
     system = InterlinguaSystem(model.to(device).eval(), lms, encoder)
     examples = load_squad("validation", config.data.source, args.examples, config.data.seed)
     texts, sent = prompt_texts(system, examples, config), sender_texts(system, examples, config)
-    hybrid = conditioning_of(system) == Conditioning.HYBRID
+    conditioning = conditioning_of(system)
+    hybrid = conditioning == Conditioning.HYBRID
     rows = []
     data = {"config": config.name, "examples": len(examples), "batch_size": args.batch_size,
-            "conditioning": conditioning_of(system).value, "models": {}}
+            "conditioning": conditioning.value, "models": {}}
     with torch.no_grad():
         for key, lm in lms.items():
             zs = system.encode(key, sent, system.anchor(sent))  # the messages (sender side, not timed)

@@ -20,26 +20,22 @@ import argparse
 import torch
 
 from interlingua.config import load_config
-from interlingua.constants import RECONSTRUCTION_CUE
 from interlingua.data.prompts import sender_prompt
 from interlingua.data.squad import load_squad
 from interlingua.eval.jobs import load_checkpoint
 from interlingua.eval.latent import derangement
-from interlingua.losses import k_token_ce
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
-from interlingua.training.step import reconstruction_targets
+from interlingua.training.step import reconstruction_ce
 
 
 def _mean_ce(lm, texts: list[str], tokens: int, soft_prompt_of) -> float:
     """CE per target token over ``texts`` in batches of 8; ``soft_prompt_of(start, stop)`` -> (b, M, d)."""
     ce, positions = 0.0, 0
     for i in range(0, len(texts), 8):
-        targets = reconstruction_targets(lm, texts[i : i + 8], tokens)
-        logits = lm.target_logits(lm.soft_prefix(soft_prompt_of(i, i + len(targets.ids)), cue=RECONSTRUCTION_CUE),
-                                  targets)
-        count = int(targets.mask.sum())
-        ce += float(k_token_ce(logits, targets.ids, targets.mask)) * count
+        batch = texts[i : i + 8]
+        batch_ce, count = reconstruction_ce(lm, soft_prompt_of(i, i + len(batch)), batch, tokens)
+        ce += float(batch_ce) * count
         positions += count
     return ce / positions
 

@@ -233,12 +233,18 @@ def _reconstruction_loss(
     after ``[BOS?] + soft prompt + RECONSTRUCTION_CUE``, teacher-forced, logits at those positions only."""
     losses = []
     for key, lm in system.lms.items():
-        targets = reconstruction_targets(lm, texts, tokens)  # (B, R) ids and mask
-        share = int(targets.mask.sum()) / norm.rec_positions[key] if norm else 1.0
-        prefix = lm.soft_prefix(soft_prompts[key], cue=RECONSTRUCTION_CUE)
-        student = lm.target_logits(prefix, targets)  # (B, R, V) fp32
-        losses.append(k_token_ce(student, targets.ids, targets.mask) * share)
+        ce, positions = reconstruction_ce(lm, soft_prompts[key], texts, tokens)
+        losses.append(ce * (positions / norm.rec_positions[key] if norm else 1.0))
     return torch.stack(losses).sum()
+
+
+def reconstruction_ce(lm: FrozenLM, soft_prompt: Tensor, texts: list[str], tokens: int) -> tuple[Tensor, int]:
+    """CE per target token of ``lm`` on the first ``tokens`` tokens of ``texts`` after ``[BOS?] +
+    soft_prompt (B, M, d) + RECONSTRUCTION_CUE``, teacher-forced, logits at those positions only, and
+    the number of real target positions it averages over."""
+    targets = reconstruction_targets(lm, texts, tokens)  # (B, R) ids and mask
+    student = lm.target_logits(lm.soft_prefix(soft_prompt, cue=RECONSTRUCTION_CUE), targets)  # (B, R, V) fp32
+    return k_token_ce(student, targets.ids, targets.mask), int(targets.mask.sum())
 
 
 def _detached(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
