@@ -18,8 +18,8 @@ from interlingua.constants import (
 from interlingua.data.prompts import budgeted_text_prompt, shared_text_prompt, text_prompt
 from interlingua.eval.jobs import checkpoint_config, eval_job, validation_examples
 from interlingua.eval.latent import (
-    INFORMATION_FLOW_MARGIN_F1, agreement, changed_by_shuffle, cross_decode_matrix, derangement, distinct_share,
-    evaluate_latent, evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
+    INFORMATION_FLOW_MARGIN_F1, SentZ, agreement, changed_by_shuffle, cross_decode_matrix, derangement,
+    distinct_share, evaluate_latent, evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
@@ -297,6 +297,30 @@ def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encod
     assert torch.equal(decode_message(message).z, received[0])  # what the receiver of the real message decodes
     assert int4_sizes["wire_bytes"] == len(message) < fp32_sizes["wire_bytes"]
     assert (int4_sizes["wire_precision"], int4_sizes["wire_group_size"]) == ("int4", 8)
+
+
+def test_shared_sent_memo_encodes_once_per_checkpoint(tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
+    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    encodes = []
+    original = system.encode
+    monkeypatch.setattr(system, "encode", lambda key, *a: encodes.append(key) or original(key, *a))
+    memo = SentZ()
+    results = {}
+    for precision in (Precision.FP16, Precision.INT8, Precision.INT4):
+        config, examples = _small_eval(tiny_config, compression=CompressionConfig(precision=precision, group_size=8))
+        with_memo = evaluate_own_latent(system, examples, config, progress=False, sent=memo)
+        calls = len(encodes)
+        assert with_memo == evaluate_own_latent(system, examples, config, progress=False)  # same result without it
+        assert len(encodes) > calls  # (without the memo it encodes again)
+        encodes = encodes[:calls]
+        results[precision] = with_memo
+    assert sorted(set(encodes)) == sorted(MODELS) and len(encodes) == len(MODELS)  # one batch each: 4 examples
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(1.0)  # another checkpoint: the memo must not answer for it
+    evaluate_own_latent(system, examples, config, progress=False, sent=memo)
+    assert len(encodes) == 2 * len(MODELS)
+    evaluate_own_latent(system, examples[:3], config, progress=False, sent=memo)  # other texts
+    assert len(encodes) == 3 * len(MODELS)
 
 
 def test_own_latent_rows_are_the_latent_rows_of_the_full_evaluation(tiny_model, tiny_lms, tiny_encoder, tiny_config):

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import random
 from statistics import mean
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,11 @@ def evaluate_latent(
 
 
 def evaluate_own_latent(
-    system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config, progress: bool = True
+    system: InterlinguaSystem,
+    examples: Sequence[SquadExample],
+    config: Config,
+    progress: bool = True,
+    sent: Optional[SentZ] = None,
 ) -> tuple[list[dict], dict]:
     """Only the ``latent`` rows (each model decodes its own z, through the wire at ``compression.*``) and
     their summary: the per-model scores and message sizes of a compression sweep cell, without the
@@ -103,6 +107,8 @@ def evaluate_own_latent(
 
     Args:
         system, examples, config: as for :func:`evaluate_latent`.
+        sent: a memo of what the senders encode, shared by calls that evaluate one checkpoint at several
+            wire precisions (a sweep) so each sender encodes the examples once.
     Returns:
         ``n × N`` rows, and the summary of :func:`latent_summary` over them (``scores`` hold ``latent`` only).
     Raises:
@@ -112,8 +118,8 @@ def evaluate_own_latent(
         raise ConfigError(f"the latent evaluation needs at least 2 examples, got {len(examples)}; raise eval.limit")
     with _eval_mode(system.model):
         texts = sender_texts(system, examples, config)
-        zs = {key: received_z(encode_all(system, key, texts, config, progress), config.compression)
-              for key in system.lms}
+        encode = (sent if sent is not None else SentZ()).encoder(system, texts, config, progress)
+        zs = {key: received_z(encode(key), config.compression) for key in system.lms}
         rows = [row for key in system.lms
                 for row in decode_rows(system, examples, zs[key], key, key, "latent", config, progress)]
     hybrid = conditioning_of(system) == Conditioning.HYBRID
@@ -163,6 +169,35 @@ def encode_all(system: InterlinguaSystem, sender: str, texts: Sequence[str], con
         texts, encode, config.eval.batch_size, length=len, desc=f"{sender} encode", progress=progress
     )
     return torch.stack(rows)  # (n, d_inter) or (n, M, d_inter)
+
+
+class SentZ:
+    """What each sender encodes (fp32 ``z`` before the wire), kept for the checkpoint evaluated last.
+
+    Keyed by the learned modules' fingerprint, the sender and the texts: another checkpoint, other
+    examples or other sender texts encode again, and a new checkpoint drops the old one's tensors.
+    """
+
+    def __init__(self) -> None:
+        self._fingerprint: Optional[str] = None
+        self._z: dict[tuple[str, tuple[str, ...]], Tensor] = {}
+
+    def encoder(
+        self, system: InterlinguaSystem, texts: Sequence[str], config: Config, progress: bool
+    ) -> Callable[[str], Tensor]:
+        """``sender -> z`` of ``texts``, encoding only what this memo does not hold yet."""
+        fingerprint = system.model.fingerprint()
+        if fingerprint != self._fingerprint:
+            self._fingerprint, self._z = fingerprint, {}
+        texts = tuple(texts)
+
+        def encode(sender: str) -> Tensor:
+            key = (sender, texts)
+            if key not in self._z:
+                self._z[key] = encode_all(system, sender, texts, config, progress)
+            return self._z[key]
+
+        return encode
 
 
 def received_z(z: Tensor, compression: CompressionConfig) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 from interlingua.config import Config, config_to_dict
 from interlingua.eval.artifacts import run_info, write_json, write_jsonl
 from interlingua.eval.jobs import load_checkpoint, validation_examples
-from interlingua.eval.latent import evaluate_own_latent
+from interlingua.eval.latent import SentZ, evaluate_own_latent
 from interlingua.models.interlingua import CheckpointError
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, seed_everything
@@ -140,6 +140,7 @@ class _Evaluator:
         self.progress = progress
         self._frozen: dict = {}
         self._examples: dict = {}
+        self._sent = SentZ()  # the cells of one shape share a checkpoint: encode once, quantise per cell
 
     def __call__(self, planned: PlannedCell, checkpoint: Path, path: Path) -> dict:
         model, config, device = load_checkpoint(checkpoint, config=planned.eval_config)
@@ -147,7 +148,7 @@ class _Evaluator:
         info = run_info(config, "sweep")
         system = InterlinguaSystem(model, *self._frozen_models(config, device))
         examples = self._validation(config)
-        rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress)
+        rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress, sent=self._sent)
         cell = planned.cell
         precision, group_size = cell.precision, cell.group_size if cell.quantised else 0
         first = next(iter(summary["messages"].values()))
