@@ -304,6 +304,10 @@ class RuntimeConfig:
     gradient_checkpointing: bool = False
     """Recompute the frozen LLMs' layer activations in the backward pass instead of storing them
     (less memory for long prompts / large models, ~1/3 more compute)."""
+    shard_frozen: bool = False
+    """Training under ``accelerate launch`` with N >= 2 processes: shard every decoder layer of the
+    frozen LLMs across the processes (FSDP2), so each holds 1/N of their weights (frozen models too
+    large to replicate per GPU, e.g. the 8B pair on GPUs under ~48 GB). Same updates as unsharded."""
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

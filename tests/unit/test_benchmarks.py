@@ -36,7 +36,8 @@ def test_receiver_ttft_benchmark(tmp_path):
     assert (data["conditioning"], hybrid["conditioning"], data["batch_size"]) == ("full", "hybrid", 2)
     for key, model in data["models"].items():
         assert model["receiver_positions"]["latent"] < model["receiver_positions"]["text_mean"]
-        assert model["speedup"] > 0 and model["batched_speedup"] > 0
+        assert min(model["speedup"], model["median_paired_speedup"], model["batched_speedup"]) > 0
+        assert model["speedup_bound"] > 0 and model["one_position_prefill_s"] > 0
         assert set(model["batched_mean_ttft_s"]) == {"latent", "text"}
         assert model["batched_same_first_token"] == {"latent": 3, "text": 3}  # left padding changes no answer
         # hybrid: the receiver also reads the question after the soft prompt

@@ -114,6 +114,29 @@ def test_cached_teacher_runs_the_model_once_per_example(tiny_lms, tmp_path, monk
     assert more.isfinite()
 
 
+@pytest.mark.parametrize("others_miss", [False, True])
+def test_cached_teacher_joins_a_forward_another_process_needs(tiny_lms, tmp_path, monkeypatch, others_miss):
+    # runtime.shard_frozen: a sharded layer's forward is a collective, so a process whose rows are all
+    # cached still runs one forward when any other process has to compute its misses
+    lm = tiny_lms["tiny-llama"]
+    targets = lm.answer_targets(ANSWERS, 4)
+    student = _student(lm, targets)
+    settings = KDTeacher.settings(lm, 1.0, 8)
+    first = KDTeacher(lm, 1.0, top_k=8, store=TensorStore.open(tmp_path, "teacher", settings))
+    expected = first.kd_loss(student, TEXTS, targets)  # fills the cache
+    asked = []
+    teacher = KDTeacher(lm, 1.0, top_k=8, store=first.store,
+                        any_process=lambda flag: asked.append(flag) or flag or others_miss)
+    forwards = []
+    original = lm.target_logits
+    monkeypatch.setattr(lm, "target_logits", lambda prefix, t: forwards.append(len(prefix)) or original(prefix, t))
+    torch.testing.assert_close(teacher.kd_loss(student, TEXTS, targets), expected)  # the cache answers
+    assert asked == [False] and forwards == ([1] if others_miss else [])
+    more = lm.answer_targets(["white"], 4)  # a miss here: computed, and the other processes are told
+    teacher.kd_loss(_student(lm, more), ["Context: Snow is white.\nQuestion: What colour is snow?\nAnswer:"], more)
+    assert asked == [False, True] and forwards[-1] == 1
+
+
 def test_teacher_cache_is_invalidated_by_what_changes_the_teacher(tiny_lms, tmp_path):
     lm = tiny_lms["tiny-llama"]
     base = KDTeacher.settings(lm, 1.0, 8)

@@ -22,6 +22,20 @@ def test_nothing_frozen_requires_grad(lm):
     assert not lm.model.training
 
 
+def test_lm_head_reads_the_target_positions_as_one_matrix(lm):
+    # a (B, K, d) strided slice would make the LM head a bmm reading the (V, d) matrix B times over
+    seen = []
+    handle = lm.model.get_output_embeddings().register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        targets = lm.answer_targets(["near the harbour", "four", "1889"], k=3)
+        logits = lm.target_logits(lm.soft_prefix(torch.randn(3, 5, lm.hidden_size)), targets)
+    finally:
+        handle.remove()
+    (rows,) = seen
+    assert rows.dim() == 2 and rows.shape[0] == 3 * 3 and rows.is_contiguous()
+    assert logits.shape[:2] == (3, 3)
+
+
 def test_empty_soft_prefix_reproduces_plain_logits(lm):
     targets = lm.answer_targets(["near the harbour", "four"], k=4)
     prefix = lm.soft_prefix(torch.zeros(2, 0, lm.hidden_size))

@@ -385,6 +385,42 @@ def test_two_process_ddp_on_cpu_matches_one_process(straight_run, tmp_path):
     """``accelerate launch`` with 2 CPU processes (DDP over gloo) logs the single-process run's losses
     and gradient norms: at step 0 (same global batch, gradients all-reduced to the same sum) and at
     step 1 (after the same first update; both schedules give update 0 the full rate)."""
+    _train_in_two_processes(tmp_path, "train.steps=2")
+    state = json.loads((tmp_path / "step_000002" / TRAINER_STATE_FILE).read_text())
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    _assert_same_steps(tmp_path, straight_run[0], 2)
+
+
+@pytest.mark.slow
+def test_two_processes_with_sharded_frozen_layers_match_one_process(tmp_path):
+    """runtime.shard_frozen (FSDP2 over gloo): each process holds half of every frozen decoder layer,
+    the updates are those of one unsharded process, and a KD-teacher cache miss on one process only
+    (here: process 0's first micro-batch is cached, process 1's is not) does not hang the other."""
+    split = ["train.batch_size=2", "train.grad_accum=2", "train.steps=2", "runtime.device=cpu"]
+    cache = tmp_path / "cache"
+    # micro-batches: process 0 reads examples 0 and 2 of each global batch, process 1 reads 1 and 3
+    train(tiny(f"cache.dir={cache}", "train.batch_size=1", "train.steps=1"), tmp_path / "fill", progress=False)
+    train(tiny(f"cache.dir={tmp_path / 'cache-one'}", *split), tmp_path / "one", progress=False)
+    output = _train_in_two_processes(tmp_path / "two", f"cache.dir={cache}", "runtime.shard_frozen=true", *split,
+                                     strict=True)
+    # 2 models x 2 layers; each process holds half of their weights
+    assert output.count("4 decoder layers sharded over 2 processes; local share of the frozen decoder "
+                        "layers' weights: 0.50") == 2
+    # and still half after training (a unit that gathered its weights for a forward dropped them again)
+    assert output.count("local share of the frozen decoder layers' weights at the end: 0.50") == 2
+    _assert_same_steps(tmp_path / "two", tmp_path / "one", 2)
+
+
+def test_sharding_the_frozen_models_needs_several_processes(tmp_path):
+    with pytest.raises(ConfigError, match="accelerate launch --num_processes N"):
+        train(tiny("runtime.shard_frozen=true"), tmp_path, progress=False)
+
+
+def _train_in_two_processes(output_dir, *overrides: str, strict: bool = False) -> str:
+    """``interlingua train --config tiny`` under ``accelerate launch`` with 2 CPU processes (DDP over
+    gloo); returns the output. Skips where the launcher cannot start or gloo fails, or after 300 s,
+    unless ``strict``: where processes that hang or whose collectives do not match are the bug the test
+    looks for, only a launcher that cannot rendezvous skips."""
     pytest.importorskip("accelerate")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -393,19 +429,27 @@ def test_two_process_ddp_on_cpu_matches_one_process(straight_run, tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
         "-m", "interlingua", "train", "--config", "tiny", "--set", f"data.source={SQUAD_MINI}",
-        "-o", str(tmp_path), "-q", "train.steps=2", "runtime.device=cpu",
+        "-o", str(output_dir), "-q", "runtime.device=cpu", *overrides,
     ]
     try:
         result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
+        if strict:
+            pytest.fail("the 2 processes did not finish in 300 s: a collective that only one of them entered?")
         pytest.skip("accelerate launch with 2 CPU processes did not finish in 300 s on this machine")
     output = result.stdout + result.stderr
-    if result.returncode != 0 and any(s in output for s in ("rendezvous", "Address already in use", "gloo")):
+    causes = ("rendezvous", "Address already in use") if strict else ("rendezvous", "Address already in use", "gloo")
+    if result.returncode != 0 and any(cause in output for cause in causes):
         pytest.skip(f"accelerate's launcher cannot start 2 processes here: {output[-500:]}")
     assert result.returncode == 0, output[-3000:]
-    state = json.loads((tmp_path / "step_000002" / TRAINER_STATE_FILE).read_text())
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
-    for two, one in zip(metrics_rows(tmp_path), metrics_rows(straight_run[0])[:2]):
+    return output
+
+
+def _assert_same_steps(run_dir, reference_dir, steps: int) -> None:
+    """The first ``steps`` logged losses and gradient norms of two runs agree (float rounding)."""
+    rows, reference = metrics_rows(run_dir)[:steps], metrics_rows(reference_dir)[:steps]
+    assert len(rows) == len(reference) == steps
+    for two, one in zip(rows, reference):
         for term, value in one["loss"].items():
             assert two["loss"][term] == pytest.approx(value, rel=1e-5, abs=1e-7), (two["step"], term)
         assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5), two["step"]

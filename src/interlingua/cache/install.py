@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Optional
 
 from interlingua.cache.anchor import AnchorCache
 from interlingua.cache.store import TensorStore
@@ -20,12 +21,13 @@ def cache_dir(config: Config) -> Path:
     return Path(config.cache.dir).expanduser() if config.cache.dir else cache_root() / "frozen"
 
 
-def install_caches(system, config: Config) -> list[TensorStore]:
+def install_caches(system, config: Config, any_process: Optional[Callable[[bool], bool]] = None) -> list[TensorStore]:
     """Give ``system`` its KD teachers and anchor cache as ``config.cache`` asks.
 
     Args:
         system: an ``InterlinguaSystem``; ``system.teachers`` / ``system.anchor_cache`` are set.
         config: ``cache.*``, ``loss.kd_temperature``, ``loss.w_kd``, ``interlingua.anchor``.
+        any_process: the teachers' collective hook where the frozen LLMs are sharded (see :class:`KDTeacher`).
     Returns:
         The stores opened (flush them at checkpoints and at the end).
     """
@@ -38,7 +40,7 @@ def install_caches(system, config: Config) -> list[TensorStore]:
                 store = TensorStore.open(root, "teacher", KDTeacher.settings(lm, temperature, settings.teacher_top_k))
                 stores.append(store)
                 log.info("%s: KD teacher cache %s (%d entries)", key, store.directory, len(store))
-            system.teachers[key] = KDTeacher(lm, temperature, settings.teacher_top_k, store)
+            system.teachers[key] = KDTeacher(lm, temperature, settings.teacher_top_k, store, any_process)
     if settings.anchor:
         kind = config.interlingua.anchor
         store = TensorStore.open(root, "anchor", AnchorCache.settings(system.encoder, kind))

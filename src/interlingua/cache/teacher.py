@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -63,9 +64,15 @@ class KDTeacher:
         top_k: 0 = full-vocabulary logits, recomputed every call (exact, the seed's form); k > 0 =
             the compact top-k form (required for caching).
         store: a :class:`TensorStore` opened with :meth:`settings` (None = no caching).
+        any_process: ``flag -> flag on any process``, where the frozen LLM's layers are sharded across
+            processes (``runtime.shard_frozen``): then a process whose rows are all cached still joins
+            the forward another process needs (default: this process alone).
     """
 
-    def __init__(self, lm: FrozenLM, temperature: float, top_k: int = 0, store=None):
+    def __init__(
+        self, lm: FrozenLM, temperature: float, top_k: int = 0, store=None,
+        any_process: Optional[Callable[[bool], bool]] = None,
+    ):
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         if store is not None and top_k == 0:
@@ -73,6 +80,7 @@ class KDTeacher:
         self.lm, self.temperature, self.store = lm, temperature, store
         self.top_k = min(top_k, lm.model.get_output_embeddings().out_features) if top_k else 0
         self._prompt_ids: dict[str, list[int]] = {}  # text -> token ids: each prompt is tokenised once per run
+        self._any_process = any_process or bool
 
     @staticmethod
     def settings(lm: FrozenLM, temperature: float, top_k: int) -> dict:
@@ -101,7 +109,10 @@ class KDTeacher:
         keys = [self._key(tokens, ids, mask) for tokens, ids, mask in zip(token_lists, targets.ids, targets.mask)]
         entries = [self.store.get(key) if self.store is not None else None for key in keys]
         missing = [row for row, entry in enumerate(entries) if entry is None]
-        if missing:
+        if self._any_process(bool(missing)) and not missing:
+            # another process computes its misses through sharded layers: take part in that forward
+            self.lm.target_logits(self.lm.ids_prefix([token_lists[0]]), Targets(targets.ids[:1], targets.mask[:1]))
+        elif missing:
             rows = torch.tensor(missing, device=targets.ids.device)
             subset = Targets(targets.ids[rows], targets.mask[rows])
             logits = self.lm.target_logits(self.lm.ids_prefix([token_lists[r] for r in missing]), subset)  # (b, K, V)

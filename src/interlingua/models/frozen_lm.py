@@ -264,7 +264,11 @@ class FrozenLM:
         return out.last_hidden_state
 
     def _lm_head(self, hidden: Tensor) -> Tensor:
-        logits = self.model.get_output_embeddings()(hidden).float()
+        """``(..., d)`` -> ``(..., V)`` fp32 logits (soft-capped where the model does)."""
+        # As one (rows, d) matrix: a strided slice of the hidden states would make the matmul a bmm that
+        # reads the whole (V, d) output matrix once per batch row (8x the memory traffic at B = 8).
+        rows = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+        logits = self.model.get_output_embeddings()(rows).float().view(*hidden.shape[:-1], -1)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

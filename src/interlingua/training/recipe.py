@@ -54,6 +54,7 @@ from interlingua.training.checkpoint import (
     save_checkpoint, set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
+from interlingua.training.sharding import collective_flag, local_share, shard_frozen_layers
 from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,17 @@ class TrainingRecipe:
                 f"processes = {per_process} example(s); raise train.batch_size to at least 2 per process "
                 "or set loss.w_nce=0"
             )
+        if config.runtime.shard_frozen and self.accelerator.num_processes < 2:
+            raise ConfigError(
+                "runtime.shard_frozen shards the frozen LLMs across processes, but this run has one: launch "
+                "with `accelerate launch --num_processes N -m interlingua train ...` (N >= 2) or set "
+                "runtime.shard_frozen=false"
+            )
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main
         self.step = 0
         self.bar = self.metrics = self._rng_after_setup = None
+        self.sharded_layers: list = []
 
     # ---- setup ------------------------------------------------------------------------------------
     def setup(self, resume: bool) -> None:
@@ -163,7 +171,14 @@ class TrainingRecipe:
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
         model = InterlinguaModel(interlingua_spec(cfg, self.lms, encoder)).to(acc.device)
         self.system = InterlinguaSystem(model, self.lms, encoder)
-        self.caches = install_caches(self.system, cfg)  # cached KD teachers and anchors (cache.*)
+        sharded = cfg.runtime.shard_frozen
+        # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding
+        self.caches = install_caches(self.system, cfg, collective_flag(acc.device) if sharded else None)
+        if sharded:
+            self.sharded_layers = shard_frozen_layers(self.lms.values(), acc.device)
+            log.info("runtime.shard_frozen: %d decoder layers sharded over %d processes; local share of the "
+                     "frozen decoder layers' weights: %.2f", len(self.sharded_layers), acc.num_processes,
+                     local_share(self.sharded_layers))
         forward = LearnedForward(self.system, cfg.compression)  # compression.qat: adapters read the wire's z
         optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Not prepared: accelerate would step a prepared scheduler once per process.
@@ -345,6 +360,9 @@ class TrainingRecipe:
         for store in getattr(self, "caches", []):
             store.flush()  # also after an error: the teachers computed so far are still right
             log.info("cache %s", store.stats())
+        if self.sharded_layers:  # still 1/N after the forwards and backwards of training, or sharding failed
+            log.info("runtime.shard_frozen: local share of the frozen decoder layers' weights at the end: %.2f",
+                     local_share(self.sharded_layers))
         if self.metrics is not None:
             self.metrics.close()
             log_path = self.output_dir / METRICS_LOG_FILE
