@@ -305,6 +305,7 @@ def test_settings_that_do_not_change_a_result_do_not_force_a_retraining():
     stored = config_to_dict(config)
     del stored["train"]["keep_checkpoints"]  # a run stored before the setting existed
     stored["runtime"]["output_dir"] = "elsewhere"
+    stored["runtime"]["shard_frozen"] = True  # trained with the frozen layers sharded: the same updates
     assert comparable(stored, training=True) == comparable(config, training=True)
     stored["train"]["lr"] = 1e-5
     assert comparable(stored, training=True) != comparable(config, training=True)

@@ -36,7 +36,9 @@ REFERENCE_CELL = {"d_inter": 512, "num_slots": 32, "precision": Precision.FP16}
 """The message every cell's size is compared with: the seed's shape sent as fp16."""
 TRAIN_SUBDIR = "train"
 """Training runs live in <sweep folder>/train/<shape>."""
-IGNORED_FOR_REUSE = (("runtime", "output_dir"), ("runtime", "device"), ("train", "keep_checkpoints"))
+IGNORED_FOR_REUSE = (
+    ("runtime", "output_dir"), ("runtime", "device"), ("runtime", "shard_frozen"), ("train", "keep_checkpoints"),
+)
 """Settings that do not change a result: a finished cell or training run is kept when only these differ."""
 
 
