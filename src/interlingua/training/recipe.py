@@ -54,7 +54,7 @@ from interlingua.training.checkpoint import (
     save_checkpoint, set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
-from interlingua.training.sharding import collective_flag, local_share, shard_frozen_layers
+from interlingua.training.sharding import check_can_shard, collective_flag, local_share, shard_frozen_layers
 from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,8 @@ class TrainingRecipe:
                 f"processes = {per_process} example(s); raise train.batch_size to at least 2 per process "
                 "or set loss.w_nce=0"
             )
-        if config.runtime.shard_frozen and self.accelerator.num_processes < 2:
-            raise ConfigError(
-                "runtime.shard_frozen shards the frozen LLMs across processes, but this run has one: launch "
-                "with `accelerate launch --num_processes N -m interlingua train ...` (N >= 2) or set "
-                "runtime.shard_frozen=false"
-            )
+        if config.runtime.shard_frozen:
+            check_can_shard(self.accelerator.num_processes)  # before loading the models, not after
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main
         self.step = 0

@@ -36,11 +36,7 @@ def shard_frozen_layers(lms: Iterable[FrozenLM], device: torch.device) -> list[t
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
-        raise ConfigError(
-            "runtime.shard_frozen shards the frozen LLMs across processes: launch with "
-            "`accelerate launch --num_processes N ...` (N >= 2), or set runtime.shard_frozen=false"
-        )
+    check_can_shard(dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     sharded = []
     for lm in lms:
@@ -57,6 +53,16 @@ def shard_frozen_layers(lms: Iterable[FrozenLM], device: torch.device) -> list[t
         fully_shard(stack, mesh=mesh, ignored_params={p for p in stack.parameters() if id(p) not in in_layers})
         sharded += layers
     return sharded
+
+
+def check_can_shard(num_processes: int) -> None:
+    """Raise ConfigError unless there are several processes to shard over."""
+    if num_processes < 2:
+        raise ConfigError(
+            f"runtime.shard_frozen shards the frozen LLMs across processes, but this run has {num_processes}: "
+            "launch with `accelerate launch --num_processes N -m interlingua train ...` (N >= 2), or set "
+            "runtime.shard_frozen=false"
+        )
 
 
 def local_share(layers: Iterable[torch.nn.Module]) -> float:
