@@ -189,6 +189,8 @@ def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
     assert "tiny-qwen2 F1" in csv_rows[0] and "bytes / prompt gzip" in csv_rows[0]
     markdown = (out / "table.md").read_text()
     assert "smoke run" in markdown and "| d_inter | M | precision |" in markdown and markdown.count("\n| ") == 1 + 8
+    assert "partial" not in markdown
+    assert json.loads((out / "table.json").read_text())["cells_finished"] == 8
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -251,6 +253,29 @@ def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_
     monkeypatch.setattr(runner, "train", failing("train"))
     with pytest.raises(CheckpointError, match=r"trained with other settings \(loss.w_sem\).*delete"):
         run_sweep(tiny_sweep(), moved, [*EXTRA, "loss.w_sem=0.2"], progress=False, echo=lambda _: None)
+
+
+def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkeypatch):
+    sweep = tiny_sweep(grid={"d_inter": [16], "num_slots": [2], "precision": ["fp16", "int8"]})
+    original, calls = runner.evaluate_own_latent, []
+
+    def fail_on_the_second_cell(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stopped by hand during the second cell
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_own_latent", fail_on_the_second_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+    markdown = (tmp_path / "table.md").read_text()
+    assert "partial: 1 of 2 cells finished" in markdown and markdown.count("\n| ") == 1 + 1
+    stored = json.loads((tmp_path / "table.json").read_text())
+    assert (stored["cells_finished"], stored["cells_planned"], len(stored["rows"])) == (1, 2, 1)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)  # the rest, then the whole table
+    assert "partial" not in (tmp_path / "table.md").read_text()
+    assert json.loads((tmp_path / "table.json").read_text())["cells_finished"] == 2
 
 
 def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Run a compression sweep: train each shape once, evaluate every cell through the wire, write the
-table and the Pareto plot. Resumable: a cell whose result file matches its config is kept, a finished
-training run is reused, an interrupted one continues from its latest checkpoint.
+table and the Pareto plot (after every computed cell too, labelled partial until the last). Resumable: a
+cell whose result file matches its config is kept, a finished training run is reused, an interrupted
+one continues from its latest checkpoint.
 
     out = run_sweep(load_sweep("configs/sweeps/compression.yaml"), extra_overrides=["data.source=DIR"])
 
@@ -63,6 +64,14 @@ def run_sweep(
     out = Path(output_dir or sweep.output_dir)
     plan = plan_sweep(sweep, out, list(extra_overrides or []))
     evaluator = _Evaluator(progress)
+    provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
+    reference_bytes = message_size(plan.reference_shape, "fp16", 0)
+
+    def write_report(results: list[dict]) -> None:
+        rows = cell_rows(results, reference_bytes)
+        write_tables(rows, out, provenance, planned=len(plan.cells))
+        plot_pareto(rows, out / PARETO_PLOT)
+
     results = []
     for index, planned in enumerate(plan.cells, 1):
         prefix = f"[{index}/{len(plan.cells)}] {planned.cell.label}"
@@ -80,9 +89,9 @@ def run_sweep(
         scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
         echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message")
         results.append(result)
-    rows = cell_rows(results, message_size(plan.reference_shape, "fp16", 0))
-    write_tables(rows, out, {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)})
-    plot_pareto(rows, out / PARETO_PLOT)
+        if len(results) < len(plan.cells):
+            write_report(results)  # the table and plot so far, labelled partial: hours of work show as they go
+    write_report(results)
     echo(f"wrote {out}/table.md, table.csv, table.json and {PARETO_PLOT}")
     return out
 

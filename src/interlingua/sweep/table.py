@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from interlingua.eval.artifacts import markdown_table, write_json
 
@@ -70,12 +70,13 @@ def flat_table(rows: Sequence[dict]) -> tuple[list[str], list[list[object]]]:
     return header, values
 
 
-def write_tables(rows: Sequence[dict], out_dir: Path, provenance: dict) -> list[Path]:
+def write_tables(rows: Sequence[dict], out_dir: Path, provenance: dict, planned: Optional[int] = None) -> list[Path]:
     """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``.
 
     Args:
         rows: :func:`cell_rows`.
         provenance: stamped on ``table.json`` (e.g. ``run_info`` and the sweep settings).
+        planned: the sweep's number of cells; with fewer rows the table is labelled partial.
     Returns:
         The three paths.
     """
@@ -88,19 +89,24 @@ def write_tables(rows: Sequence[dict], out_dir: Path, provenance: dict) -> list[
     writer.writerows(values)
     md, csv_path, json_path = (out_dir / name for name in TABLE_FILES)
     csv_path.write_text(buffer.getvalue())
-    md.write_text(markdown_report(rows, header, values))
-    write_json(json_path, {**provenance, "models": models_of(rows), "rows": list(rows)})
+    md.write_text(markdown_report(rows, header, values, planned))
+    finished = {"cells_finished": len(rows), "cells_planned": planned if planned is not None else len(rows)}
+    write_json(json_path, {**provenance, **finished, "models": models_of(rows), "rows": list(rows)})
     return [md, csv_path, json_path]
 
 
-def markdown_report(rows: Sequence[dict], header: list[str], values: list[list[object]]) -> str:
+def markdown_report(
+    rows: Sequence[dict], header: list[str], values: list[list[object]], planned: Optional[int] = None
+) -> str:
     """``table.md``: what was measured, then the table (scores to 1 decimal, ratios to 3 significant digits)."""
     ns = sorted({row["n"] for row in rows})
-    smoke = " — smoke run (n < 1000)" if ns and ns[0] < SMOKE_N else ""
+    labels = " — smoke run (n < 1000)" if ns and ns[0] < SMOKE_N else ""
+    if planned is not None and len(rows) < planned:
+        labels += f" — partial: {len(rows)} of {planned} cells finished"
     utf8 = rows[0]["prompt_utf8_bytes"] if rows else float("nan")
     gzip = rows[0]["prompt_gzip_bytes"] if rows else float("nan")
     lines = [
-        f"# Compression sweep{smoke}",
+        f"# Compression sweep{labels}",
         "",
         f"SQuAD v1.1 validation, n = {', '.join(map(str, ns))} per cell; each model decodes its own z as the wire "
         "delivers it. Bytes are whole wire messages (header, scales, payload, checksum). The text prompt it "
