@@ -54,7 +54,7 @@ from interlingua.training.checkpoint import (
     save_checkpoint, set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
-from interlingua.training.sharding import check_can_shard, collective_flag, local_share, shard_frozen_layers
+from interlingua.training.sharding import any_process, check_can_shard, local_share, shard_frozen_layers
 from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class TrainingRecipe:
         self.system = InterlinguaSystem(model, self.lms, encoder)
         sharded = cfg.runtime.shard_frozen
         # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding
-        self.caches = install_caches(self.system, cfg, collective_flag(acc.device) if sharded else None)
+        self.caches = install_caches(self.system, cfg, partial(any_process, device=acc.device) if sharded else None)
         if sharded:
             self.sharded_layers = shard_frozen_layers(self.lms.values(), acc.device)
             log.info("runtime.shard_frozen: %d decoder layers sharded over %d processes; local share of the "

@@ -15,7 +15,7 @@ collective with :func:`any_process`.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -84,8 +84,3 @@ def any_process(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def collective_flag(device: torch.device) -> Callable[[bool], bool]:
-    """:func:`any_process` bound to ``device`` (the KD teacher's ``any_process`` hook)."""
-    return lambda flag: any_process(flag, device)
