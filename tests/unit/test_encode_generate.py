@@ -16,6 +16,7 @@ from interlingua.data.prompts import text_prompt
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
+from interlingua.training.checkpoint import TRAINER_STATE_VERSION
 from interlingua.wire import WireFormatError, decode_message
 from interlingua.wire.service import encode_texts, generate_from_messages, read_prompt_file
 from tests.conftest import REPO_ROOT
@@ -43,7 +44,9 @@ def save_checkpoint(path, tiny_lms, tiny_encoder, tiny_config, seed):
     torch.manual_seed(seed)
     step = path / "run" / "step_000002"
     InterlinguaModel(spec).save_pretrained(step)
-    (step / TRAINER_STATE_FILE).write_text(json.dumps({"step": 2, "config": config_to_dict(tiny_config)}))
+    (step / TRAINER_STATE_FILE).write_text(json.dumps(
+        {"format_version": TRAINER_STATE_VERSION, "step": 2, "config": config_to_dict(tiny_config)}
+    ))
     return step
 
 

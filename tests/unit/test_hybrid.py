@@ -25,6 +25,7 @@ from interlingua.eval.latent import derangement, evaluate_latent
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec, read_spec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
 from interlingua.training.batches import TrainingStream
+from interlingua.training.checkpoint import TRAINER_STATE_VERSION
 from interlingua.training.recipe import train
 from interlingua.training.step import LearnedForward, batch_loss
 from interlingua.wire.service import (
@@ -270,7 +271,9 @@ def checkpoints(tmp_path_factory, tiny_lms, tiny_encoder):
         torch.manual_seed(0)
         step = tmp_path_factory.mktemp(conditioning) / "run" / "step_000002"
         InterlinguaModel(spec).save_pretrained(step)
-        (step / TRAINER_STATE_FILE).write_text(json.dumps({"step": 2, "config": config_to_dict(config)}))
+        (step / TRAINER_STATE_FILE).write_text(json.dumps(
+            {"format_version": TRAINER_STATE_VERSION, "step": 2, "config": config_to_dict(config)}
+        ))
         result[conditioning] = step
     return result
 

@@ -23,6 +23,7 @@ from interlingua.eval.latent import (
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info
+from interlingua.training.checkpoint import TRAINER_STATE_VERSION
 from interlingua.wire import decode_message, encode_message, error_bound
 
 N_EXAMPLES = 4
@@ -137,7 +138,9 @@ def checkpoint(tmp_path_factory, tiny_model, tiny_config):
     run = tmp_path_factory.mktemp("run")
     step = run / "step_000002"
     tiny_model.save_pretrained(step)
-    (step / TRAINER_STATE_FILE).write_text(json.dumps({"step": 2, "config": config_to_dict(tiny_config)}))
+    (step / TRAINER_STATE_FILE).write_text(json.dumps(
+        {"format_version": TRAINER_STATE_VERSION, "step": 2, "config": config_to_dict(tiny_config)}
+    ))
     save_config(tiny_config, run / RESOLVED_CONFIG_FILE)
     return step
 
@@ -220,6 +223,11 @@ def test_checkpoint_config_prefers_trainer_state_then_run_config(checkpoint, tmp
     assert checkpoint_config(bare).name == "from-yaml"
     with pytest.raises(CheckpointError, match="no stored config"):
         checkpoint_config(tmp_path / "elsewhere")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / TRAINER_STATE_FILE).write_text('{"step": ')
+    with pytest.raises(CheckpointError, match="unreadable trainer state"):
+        checkpoint_config(corrupt)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from interlingua.eval.reuse import load_baseline_rows
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+from interlingua.training.checkpoint import read_trainer_state
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,9 @@ def checkpoint_config(checkpoint_dir: Path, config: Config | None = None, overri
 def _stored_config(checkpoint_dir: Path) -> tuple[dict, Path]:
     state_path = checkpoint_dir / TRAINER_STATE_FILE
     if state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{state_path}: not valid JSON ({err})") from None
-        if isinstance(state.get("config"), dict):
-            return state["config"], state_path
+        config = read_trainer_state(checkpoint_dir).get("config")
+        if isinstance(config, dict):
+            return config, state_path
     run_config = checkpoint_dir.parent / RESOLVED_CONFIG_FILE
     if run_config.is_file():
         return OmegaConf.to_container(OmegaConf.load(run_config)), run_config
