@@ -168,13 +168,10 @@ class FrozenLM:
         """The first ``k`` tokens of ``" " + answer + "\\n"`` (no special tokens, so BOS is never a
         target, DESIGN §4.5). The newline teaches the model where to stop; rows shorter than ``k``
         are masked."""
-        ids = torch.full((len(answers), k), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(answers), k), dtype=torch.bool)
-        for row, answer in enumerate(answers):
-            tokens = self.tokenizer(" " + answer.strip() + "\n", add_special_tokens=False).input_ids[:k]
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = True
-        return Targets(ids.to(self.device), mask.to(self.device))
+        batch = self.tokenizer([" " + answer.strip() + "\n" for answer in answers], add_special_tokens=False,
+                               truncation=True, max_length=k, padding="max_length", padding_side="right",
+                               return_tensors="pt")
+        return Targets(batch.input_ids.to(self.device), batch.attention_mask.bool().to(self.device))
 
     # ---- prefixes ----------------------------------------------------------------------------
     def soft_prefix(self, soft_prompt: Tensor, *, cue: str | None = None, questions: list[str] | None = None) -> Prefix:
@@ -227,13 +224,8 @@ class FrozenLM:
         return self.ids_prefix(token_lists)
 
     def ids_prefix(self, token_lists: list[list[int]]) -> Prefix:
-        width = max(len(t) for t in token_lists)
-        ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(token_lists), width), dtype=torch.bool)
-        for row, tokens in enumerate(token_lists):
-            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, width - len(tokens):] = True
-        return Prefix(self.embed(ids), mask.to(self.device))
+        batch = self.tokenizer.pad({"input_ids": token_lists}, padding=True, return_tensors="pt", padding_side="left")
+        return Prefix(self.embed(batch.input_ids), batch.attention_mask.bool().to(self.device))
 
     # ---- forward and generation -------------------------------------------------------------
     def target_logits(self, prefix: Prefix, targets: Targets) -> Tensor:
