@@ -209,6 +209,26 @@ def test_cells_of_one_shape_share_one_training(finished_sweep):
     assert all(len(fingerprints) == 1 for fingerprints in by_shape.values())
     assert len(set().union(*by_shape.values())) == 4
     assert sum("evaluating" in line for line in lines) == 8 and sum(": training" in line for line in lines) == 4
+    assert all(result["evaluate_seconds"] > 0 for result in results)
+
+
+def test_each_cell_reports_its_time_and_an_estimate_of_the_rest(finished_sweep):
+    lines = [line for line in finished_sweep[2] if "bytes per message" in line]
+    assert len(lines) == 8 and all("evaluated in" in line for line in lines)
+    assert "left (3 trainings, 7 cells)" in lines[0]  # 4 shapes: the first is trained
+    assert "left (3 trainings, 6 cells)" in lines[1]  # the second precision of the first shape
+    assert "left (0 trainings, 1 cell)" in lines[6] and "left" not in lines[7]
+
+
+def test_the_estimate_uses_seconds_per_step_and_per_cell_and_waits_for_a_measurement():
+    timing = runner.Timing()
+    assert timing.seconds_left(0, 0) == 0.0
+    assert timing.seconds_left(100, 0) is None and timing.seconds_left(0, 2) is None
+    timing.training_seconds, timing.training_steps = 50.0, 25  # 2 s per step
+    timing.evaluations = [30.0, 10.0]
+    assert timing.seconds_left(100, 3) == pytest.approx(100 * 2 + 3 * 20)
+    assert timing.seconds_left(0, 1) == pytest.approx(20)
+    assert [runner.format_duration(s) for s in (42, 450, 3.9 * 3600)] == ["42 s", "7.5 min", "3.9 h"]
 
 
 def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
+from statistics import mean
 from typing import Callable, Optional, Sequence
 
 from interlingua.config import Config, config_to_dict
@@ -72,7 +74,7 @@ def run_sweep(
         write_tables(rows, out, provenance, planned=len(plan.cells))
         plot_pareto(rows, out / PARETO_PLOT)
 
-    results = []
+    results, timing = [], Timing()
     for index, planned in enumerate(plan.cells, 1):
         prefix = f"[{index}/{len(plan.cells)}] {planned.cell.label}"
         path = out / CELLS_SUBDIR / f"{planned.cell.name}.json"
@@ -81,13 +83,19 @@ def run_sweep(
             echo(f"{prefix}: finished earlier, kept ({path})")
             results.append(stored)
             continue
+        started, steps = time.monotonic(), _steps_to_train(planned)
         checkpoint = _trained_checkpoint(
             planned, progress, lambda text: echo(f"{prefix}: {text}"), before_training=evaluator.release
         )
+        if steps:
+            timing.training_seconds += time.monotonic() - started
+            timing.training_steps += steps
         echo(f"{prefix}: evaluating {planned.eval_config.eval.limit or 'all'} validation examples")
         result = evaluator(planned, checkpoint, path)
+        timing.evaluations.append(result["evaluate_seconds"])
         scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
-        echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message")
+        echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message; "
+             f"evaluated in {format_duration(timing.evaluations[-1])}{timing.outlook(plan.cells[index:], out)}")
         results.append(result)
         if len(results) < len(plan.cells):
             write_report(results)  # the table and plot so far, labelled partial: hours of work show as they go
@@ -119,6 +127,58 @@ def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
     return stored
 
 
+class Timing:
+    """What this invocation measured, for an estimate of the time the rest of the sweep takes."""
+
+    def __init__(self):
+        self.training_seconds = 0.0
+        self.training_steps = 0
+        self.evaluations: list[float] = []  # seconds per cell evaluation
+
+    def seconds_left(self, training_steps: int, cells: int) -> Optional[float]:
+        """Measured seconds per training step × ``training_steps`` + mean seconds per evaluation ×
+        ``cells``; None while a kind of work that is still to come has not been measured yet."""
+        if (training_steps and not self.training_steps) or (cells and not self.evaluations):
+            return None
+        per_step = self.training_seconds / self.training_steps if self.training_steps else 0.0
+        return training_steps * per_step + (cells * mean(self.evaluations) if cells else 0.0)
+
+    def outlook(self, remaining: Sequence[PlannedCell], out: Path) -> str:
+        """``"; about 3.9 h left (5 trainings, 17 cells)"`` for the cells after this one, or ``""``."""
+        cells = [p for p in remaining if not (out / CELLS_SUBDIR / f"{p.cell.name}.json").is_file()]
+        runs = {p.train_dir: p for p in cells}
+        steps = {run_dir: _steps_to_train(p) for run_dir, p in runs.items()}
+        left = self.seconds_left(sum(steps.values()), len(cells))
+        if not cells or left is None:
+            return ""
+        trainings = sum(n > 0 for n in steps.values())
+        return f"; about {format_duration(left)} left ({_count(trainings, 'training')}, {_count(len(cells), 'cell')})"
+
+
+def format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"7.5 min"``, ``"3.9 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _final_checkpoint(planned: PlannedCell) -> Path:
+    return checkpoint_dir(planned.train_dir, total_steps(planned.train_config))
+
+
+def _steps_to_train(planned: PlannedCell) -> int:
+    """Optimizer steps the cell's training run still needs (0 when finished)."""
+    latest = latest_checkpoint(planned.train_dir)
+    done = read_trainer_state(latest)["step"] if latest else 0
+    return total_steps(planned.train_config) - done
+
+
 def _trained_checkpoint(
     planned: PlannedCell, progress: bool, echo: Callable[[str], None], before_training: Callable[[], None]
 ) -> Path:
@@ -126,7 +186,7 @@ def _trained_checkpoint(
     settings), else trained, continuing from the latest checkpoint of an interrupted run
     (``before_training`` runs first, e.g. to free the evaluator's frozen models)."""
     config, run_dir = planned.train_config, planned.train_dir
-    final = checkpoint_dir(run_dir, total_steps(config))
+    final = _final_checkpoint(planned)
     if final.is_dir():  # checkpoint folders appear complete or not at all (renamed into place)
         changed = differences(comparable(read_trainer_state(final)["config"], True), comparable(config, True))
         if changed:
@@ -152,6 +212,7 @@ class _Evaluator:
         self._sent = SentZ()  # the cells of one shape share a checkpoint: encode once, quantise per cell
 
     def __call__(self, planned: PlannedCell, checkpoint: Path, path: Path) -> dict:
+        started = time.monotonic()
         model, config, device = load_checkpoint(checkpoint, config=planned.eval_config)
         seed_everything(config.runtime.seed)
         info = run_info(config, "sweep")
@@ -175,6 +236,7 @@ class _Evaluator:
             "prompt": {"mean_utf8_bytes": first["mean_prompt_utf8_bytes"],
                        "mean_gzip_bytes": first["mean_prompt_gzip_bytes"]},
             "summary": summary,
+            "evaluate_seconds": round(time.monotonic() - started, 1),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(path.with_suffix(".predictions.jsonl"), rows)
