@@ -16,9 +16,12 @@ import torch
 from interlingua.cli import main as cli_main
 from interlingua.config import ConfigError, Precision
 from interlingua.constants import CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FILE, METRICS_LOG_FILE
+from interlingua.eval.baselines import BASELINE_MODES
+from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep
 from interlingua.sweep import runner
+from interlingua.sweep.pareto import reference_points
 from interlingua.sweep.table import cell_rows
 from interlingua.training import recipe
 from interlingua.wire import encode_message, message_size
@@ -187,9 +190,15 @@ def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
         csv_rows = list(csv.reader(f))
     assert csv_rows[0][:5] == ["d_inter", "M", "precision", "group_size", "n"] and len(csv_rows) == 1 + 8
     assert "tiny-qwen2 F1" in csv_rows[0] and "bytes / prompt gzip" in csv_rows[0]
-    markdown = (out / "table.md").read_text()
+    markdown, references = (out / "table.md").read_text().split("## Text references")
     assert "smoke run" in markdown and "| d_inter | M | precision |" in markdown and markdown.count("\n| ") == 1 + 8
     assert "partial" not in markdown
+    # the text references: every model x {text, token budget, question only} on the cells' 4 examples
+    assert references.count("\n| tiny-") == 2 * 3 and "question-only control" in references
+    summary = table["references"]["baselines"]
+    assert set(summary) == set(MODELS) and all(set(modes) == set(BASELINE_MODES) for modes in summary.values())
+    assert all(entry["n"] == 4 for modes in summary.values() for entry in modes.values())
+    assert json.loads((out / "baselines" / "metrics.json").read_text())["baselines"] == summary
     assert json.loads((out / "table.json").read_text())["cells_finished"] == 8
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -236,9 +245,11 @@ def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     finished = {p: p.stat().st_mtime_ns for p in [*(out / "cells").iterdir(), *(out / "train").glob("*/step_*/*")]}
     monkeypatch.setattr(runner, "train", failing("train"))
     monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
+    monkeypatch.setattr(runner, "evaluate_baselines", failing("evaluate_baselines"))
     lines = []
     run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
     assert sum("finished earlier, kept" in line for line in lines) == 8
+    assert lines[0] == f"text references: read from {out / 'baselines'}"
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
 
@@ -275,6 +286,51 @@ def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_
         run_sweep(tiny_sweep(), moved, [*EXTRA, "loss.w_sem=0.2"], progress=False, echo=lambda _: None)
 
 
+def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finished_sweep, tmp_path, monkeypatch):
+    out = finished_sweep[0]
+    sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16"]})
+    moved = tmp_path / "named"
+    shutil.copytree(out / "train", moved / "train")
+    monkeypatch.setattr(runner, "train", failing("train"))
+    monkeypatch.setattr(runner, "evaluate_baselines", failing("evaluate_baselines"))
+    named = dataclasses.replace(sweep, baselines=str(out / "baselines"))
+    run_sweep(named, moved, EXTRA, progress=False, echo=lambda _: None)
+    stored = json.loads((moved / "table.json").read_text())
+    assert stored["references"]["from"] == str(out / "baselines") and not (moved / "baselines").exists()
+    assert stored["references"]["baselines"] == json.loads((out / "table.json").read_text())["references"]["baselines"]
+    # other settings than the named run's: refused before any cell, saying which
+    with pytest.raises(BaselineReuseError, match="max_new_tokens"):
+        run_sweep(named, tmp_path / "other", [*EXTRA, "eval.max_new_tokens=3"], progress=False, echo=lambda _: None)
+    assert not (tmp_path / "other" / "cells").exists()
+    without = tmp_path / "without"
+    shutil.copytree(out / "train", without / "train")
+    run_sweep(dataclasses.replace(sweep, references=False), without, EXTRA, progress=False, echo=lambda _: None)
+    assert json.loads((without / "table.json").read_text())["references"] is None
+    assert "Text references" not in (without / "table.md").read_text() and not (without / "baselines").exists()
+
+
+def test_a_baselines_folder_of_other_settings_in_the_sweep_is_recomputed(finished_sweep, tmp_path):
+    out = finished_sweep[0]
+    sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16"]})
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    lines = []
+    run_sweep(sweep, moved, [*EXTRA, "eval.max_new_tokens=3"], progress=False, echo=lines.append)
+    assert "does not match this sweep" in lines[0] and "recomputing" in lines[0]
+    stored = json.loads((moved / "baselines" / "metrics.json").read_text())
+    assert stored["run"]["config"]["eval"]["max_new_tokens"] == 3
+
+
+def test_reference_points_are_each_models_modes_at_their_prompt_bytes():
+    references = {"baselines": {"a": {
+        "text": {"f1": 30.0, "mean_prompt_utf8_bytes": 800.0},
+        "question_only": {"f1": 5.0, "mean_prompt_utf8_bytes": 80.0},
+        "latent": {"f1": 9.0},  # not a text reference
+    }}}
+    assert reference_points(references) == [("a", "text", 800.0, 30.0), ("a", "question_only", 80.0, 5.0)]
+    assert reference_points(None) == []
+
+
 def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkeypatch):
     sweep = tiny_sweep(grid={"d_inter": [16], "num_slots": [2], "precision": ["fp16", "int8"]})
     original, calls = runner.evaluate_own_latent, []
@@ -288,7 +344,7 @@ def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkey
     monkeypatch.setattr(runner, "evaluate_own_latent", fail_on_the_second_cell)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
-    markdown = (tmp_path / "table.md").read_text()
+    markdown = (tmp_path / "table.md").read_text().split("## Text references")[0]
     assert "partial: 1 of 2 cells finished" in markdown and markdown.count("\n| ") == 1 + 1
     stored = json.loads((tmp_path / "table.json").read_text())
     assert (stored["cells_finished"], stored["cells_planned"], len(stored["rows"])) == (1, 2, 1)

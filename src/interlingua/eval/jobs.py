@@ -40,11 +40,23 @@ def baselines_job(config: Config, progress: bool = True) -> Path:
     examples = validation_examples(config)
     device = resolve_device(config.runtime.device)
     rows, formats = run_baselines(config, examples, device, frozen_dtype(device), progress=progress)
-    summary = summarize(rows)
-    write_jsonl(out_dir / PREDICTIONS_FILE, rows)
-    write_json(out_dir / METRICS_FILE, {"run": info, "n": len(examples), "prompt_formats": formats, "baselines": summary})
-    (out_dir / REPORT_FILE).write_text(baselines_report(summary, formats, info))
+    write_baselines(out_dir, rows, formats, info)
     return out_dir
+
+
+def write_baselines(out_dir: Path, rows: list[dict], formats: dict[str, str], info: dict) -> dict:
+    """A baselines folder (predictions.jsonl, metrics.json, report.md) that ``eval --baselines`` can reuse.
+
+    Returns:
+        :func:`~interlingua.eval.baselines.summarize` of ``rows``.
+    """
+    out_dir, summary = Path(out_dir), summarize(rows)
+    n = len({row["id"] for row in rows})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / PREDICTIONS_FILE, rows)
+    (out_dir / REPORT_FILE).write_text(baselines_report(summary, formats, info))
+    write_json(out_dir / METRICS_FILE, {"run": info, "n": n, "prompt_formats": formats, "baselines": summary})
+    return summary
 
 
 def eval_job(

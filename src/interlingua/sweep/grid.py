@@ -62,6 +62,13 @@ class SweepConfig:
     every cell trains quantisation-aware at its own precision and group size."""
     output_dir: Optional[str] = None
     """Sweep folder (trainings, cell results, tables, plot); null = runs/sweeps/<sweep file name>."""
+    references: bool = True
+    """Also read the same examples as text once (``interlingua baselines``: the whole prompt, the prompt
+    cut to the base config's M tokens, the question only): the table's reference rows and the plot's
+    markers, so every cell's F1 and bytes stand next to the text's."""
+    baselines: Optional[str] = None
+    """Folder of an earlier ``interlingua baselines`` / ``eval`` run to take the references from (checked:
+    same examples, models and settings); null = compute them into <sweep folder>/baselines."""
 
     def __post_init__(self) -> None:
         if not self.base.strip():
@@ -206,6 +213,8 @@ class SweepPlan:
     """The base config with the sweep's overrides (provenance of the tables)."""
     reference_shape: tuple[int, ...]
     """Shape of the reference message's z (:data:`REFERENCE_CELL` under the base's pooling)."""
+    references_config: Config
+    """The base config evaluated on the cells' examples: what the text references are run with."""
 
 
 def z_shape(d_inter: int, num_slots: int, pooling: Pooling) -> tuple[int, ...]:
@@ -242,11 +251,12 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path, extra_overrides: Optional[L
     if sweep.train_steps is not None:  # before validation: a warmup longer than the base's own steps is fine
         common.append(f"train.steps={sweep.train_steps}")
     base = load_config(sweep.base, common)
+    limit = [f"eval.limit={sweep.eval_limit}"] if sweep.eval_limit is not None else []
     planned = []
     for cell in expand_grid(sweep, base):
         shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.num_slots={cell.num_slots}"]
         wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
-        evaluation = wire + ([f"eval.limit={sweep.eval_limit}"] if sweep.eval_limit is not None else [])
+        evaluation = wire + limit
         run_name = cell.name if sweep.qat else f"d{cell.d_inter}_m{cell.num_slots}"
         train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
         # Post-training quantisation: the training run does not depend on the wire settings.
@@ -256,7 +266,7 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path, extra_overrides: Optional[L
             cell, train_dir, _cell_config(sweep, training, cell), _cell_config(sweep, training + evaluation, cell),
         ))
     reference = z_shape(REFERENCE_CELL["d_inter"], REFERENCE_CELL["num_slots"], base.interlingua.pooling)
-    return SweepPlan(planned, base, reference)
+    return SweepPlan(planned, base, reference, load_config(sweep.base, common + limit))
 
 
 def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config:

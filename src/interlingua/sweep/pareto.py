@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 from statistics import mean
-from typing import Sequence
+from typing import Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from interlingua.eval.report import MODE_TITLES
 from interlingua.sweep.table import models_of
 
 
@@ -31,21 +32,48 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: Sequence[dict], path: Path) -> Path:
+REFERENCE_MARKERS = {"text": "*", "token_budget": "^", "question_only": "X"}
+"""Baseline mode -> plot marker of the text references."""
+
+
+def reference_points(references: Optional[dict]) -> list[tuple[str, str, float, float]]:
+    """``(model, mode, mean prompt UTF-8 bytes, F1)`` of every text reference, in table order."""
+    if not references:
+        return []
+    return [
+        (model, mode, entry["mean_prompt_utf8_bytes"], entry["f1"])
+        for model, modes in references["baselines"].items()
+        for mode, entry in modes.items() if mode in REFERENCE_MARKERS
+    ]
+
+
+def plot_pareto(rows: Sequence[dict], path: Path, references: Optional[dict] = None) -> Path:
     """F1 vs bytes per message (log x): every cell as a point, one line per model through its Pareto
-    front, and vertical lines at the text prompt's mean UTF-8 and gzip bytes.
+    front, vertical lines at the text prompt's mean UTF-8 and gzip bytes, and with ``references`` each
+    model's text references as markers at their prompt's UTF-8 bytes, its text-prompt F1 as a dotted line.
 
     Args:
         rows: :func:`~interlingua.sweep.table.cell_rows`.
         path: PNG to write.
+        references: the sweep's text references (``runner._text_references``), or None.
     Returns:
         ``path``.
     """
-    fig = Figure(figsize=(8.5, 5.0))
+    fig = Figure(figsize=(10.0, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     labelled = set()  # one label per spot: models often score the same
-    for model, colour in zip(models_of(rows), itertools.cycle(f"C{i}" for i in range(10))):
+    colours = dict(zip(models_of(rows), itertools.cycle(f"C{i}" for i in range(10))))
+    for model, mode, size, f1 in reference_points(references):
+        colour = colours.setdefault(model, f"C{len(colours) % 10}")
+        ax.scatter([size], [f1], color=colour, marker=REFERENCE_MARKERS[mode], s=70, edgecolors="black", linewidths=0.5)
+        if mode == "text":
+            ax.axhline(f1, color=colour, linestyle=":", linewidth=1, label=f"{model} reading the text (F1 {f1:.1f})")
+    for mode, marker in REFERENCE_MARKERS.items() if references else ():
+        ax.scatter([], [], color="grey", marker=marker, s=70, label=MODE_TITLES[mode])  # legend entries only
+    for model, colour in colours.items():
+        if not any(model in row["scores"] for row in rows):
+            continue
         cells = [row for row in rows if model in row["scores"]]
         points = [(row["bytes"], row["scores"][model]["f1"]) for row in cells]
         ax.scatter(*zip(*points), color=colour, alpha=0.55, s=22)
@@ -56,7 +84,8 @@ def plot_pareto(rows: Sequence[dict], path: Path) -> Path:
             ax.annotate(_short_label(row), (size, f1), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
         front = [points[i] for i in pareto_front(points)]
         ax.plot(*zip(*front), color=colour, marker="o", label=f"{model} (Pareto front)")
-    for key, style, name in (("prompt_utf8_bytes", "--", "prompt UTF-8"), ("prompt_gzip_bytes", ":", "prompt gzip")):
+    for key, style, name in (("prompt_utf8_bytes", "--", "text z replaces, UTF-8"),
+                             ("prompt_gzip_bytes", ":", "text z replaces, gzip")):
         size = mean(row[key] for row in rows)
         ax.axvline(size, color="grey", linestyle=style, label=f"{name} ({size:.0f} B)")
     ax.set_xscale("log")

@@ -23,13 +23,16 @@ from statistics import mean
 from typing import Callable, Optional, Sequence
 
 from interlingua.config import Config, config_to_dict
+from interlingua.constants import METRICS_FILE
 from interlingua.eval.artifacts import run_info, write_json, write_jsonl
-from interlingua.eval.jobs import load_checkpoint, validation_examples
+from interlingua.eval.baselines import evaluate_baselines, summarize
+from interlingua.eval.jobs import load_checkpoint, validation_examples, write_baselines
 from interlingua.eval.latent import SentZ, evaluate_own_latent
+from interlingua.eval.reuse import BaselineReuseError, load_baseline_rows
 from interlingua.models.interlingua import CheckpointError
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
-from interlingua.runtime import frozen_dtype, seed_everything
-from interlingua.sweep.grid import PlannedCell, SweepConfig, comparable, differences, plan_sweep
+from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+from interlingua.sweep.grid import PlannedCell, SweepConfig, SweepPlan, comparable, differences, plan_sweep
 from interlingua.sweep.pareto import plot_pareto
 from interlingua.sweep.table import cell_rows, write_tables
 from interlingua.training.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state
@@ -39,6 +42,7 @@ from interlingua.wire.message import message_size
 log = logging.getLogger(__name__)
 
 CELLS_SUBDIR = "cells"
+BASELINES_SUBDIR = "baselines"
 PARETO_PLOT = "pareto.png"
 
 
@@ -69,10 +73,12 @@ def run_sweep(
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
     reference_bytes = message_size(plan.reference_shape, "fp16", 0)
 
+    references = _text_references(sweep, plan, out, evaluator, echo) if sweep.references else None
+
     def write_report(results: list[dict]) -> None:
         rows = cell_rows(results, reference_bytes)
-        write_tables(rows, out, provenance, planned=len(plan.cells))
-        plot_pareto(rows, out / PARETO_PLOT)
+        write_tables(rows, out, provenance, planned=len(plan.cells), references=references)
+        plot_pareto(rows, out / PARETO_PLOT, references=references)
 
     results, timing = [], Timing()
     for index, planned in enumerate(plan.cells, 1):
@@ -108,7 +114,40 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
     """The sweep as plain JSON values (precisions as strings)."""
     grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.items()}
     return {"base": sweep.base, "overrides": list(sweep.overrides), "grid": grid, "eval_limit": sweep.eval_limit,
-            "train_steps": sweep.train_steps, "qat": sweep.qat, "output_dir": sweep.output_dir}
+            "train_steps": sweep.train_steps, "qat": sweep.qat, "output_dir": sweep.output_dir,
+            "references": sweep.references, "baselines": sweep.baselines}
+
+
+def _text_references(
+    sweep: SweepConfig, plan: SweepPlan, out: Path, evaluator: "_Evaluator", echo: Callable[[str], None]
+) -> dict:
+    """The cells' examples read as text by every model: ``{"from", "prompt_formats", "baselines"}``
+    (``baselines``: :func:`~interlingua.eval.baselines.summarize`). Reused from ``sweep.baselines`` or
+    ``<out>/baselines`` when they match the examples and settings, else computed into ``<out>/baselines``.
+
+    Raises:
+        BaselineReuseError: ``sweep.baselines`` names a folder that does not match.
+    """
+    config = plan.references_config
+    examples = evaluator.validation(config)
+    lms = evaluator.frozen_models(config, resolve_device(config.runtime.device))[0]
+    formats = {key: lm.prompt_format.value for key, lm in lms.items()}
+    folder = Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR
+    if sweep.baselines or (folder / METRICS_FILE).is_file():
+        try:
+            rows = load_baseline_rows(folder, examples, config, formats)
+        except BaselineReuseError as err:
+            if sweep.baselines:
+                raise
+            echo(f"text references: {folder} does not match this sweep ({err}); recomputing")
+        else:
+            echo(f"text references: read from {folder}")
+            return {"from": str(folder), "prompt_formats": formats, "baselines": summarize(rows)}
+    echo(f"text references: every model reads the {len(examples)} validation examples as text")
+    seed_everything(config.runtime.seed)
+    info = run_info(config, "sweep")
+    rows = [row for lm in lms.values() for row in evaluate_baselines(lm, examples, config, evaluator.progress)]
+    return {"from": str(folder), "prompt_formats": formats, "baselines": write_baselines(folder, rows, formats, info)}
 
 
 def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
@@ -216,8 +255,8 @@ class _Evaluator:
         model, config, device = load_checkpoint(checkpoint, config=planned.eval_config)
         seed_everything(config.runtime.seed)
         info = run_info(config, "sweep")
-        system = InterlinguaSystem(model, *self._frozen_models(config, device))
-        examples = self._validation(config)
+        system = InterlinguaSystem(model, *self.frozen_models(config, device))
+        examples = self.validation(config)
         rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress, sent=self._sent)
         cell = planned.cell
         precision, group_size = cell.precision, cell.group_size if cell.quantised else 0
@@ -247,13 +286,15 @@ class _Evaluator:
         """Drop the frozen models (training loads its own; two copies of two 8B models do not fit)."""
         self._frozen = {}
 
-    def _frozen_models(self, config: Config, device) -> tuple:
+    def frozen_models(self, config: Config, device) -> tuple:
+        """``({spec: FrozenLM}, SentenceEncoder)`` of ``config``, loaded once (one set kept)."""
         key = (tuple((m.spec, m.prompt_format) for m in config.models), config.encoder, str(device))
         if key not in self._frozen:
             self._frozen = {key: load_frozen_models(config, device, frozen_dtype(device))}  # keep one set only
         return self._frozen[key]
 
-    def _validation(self, config: Config) -> list:
+    def validation(self, config: Config) -> list:
+        """The validation examples of ``config`` (source, limit, seed), loaded once."""
         key = (config.data.source, config.eval.limit, config.data.seed)
         if key not in self._examples:
             self._examples[key] = validation_examples(config)

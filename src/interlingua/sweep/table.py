@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from interlingua.eval.artifacts import markdown_table, write_json
+from interlingua.eval.report import BASELINE_HEADER, baseline_rows
 
 TABLE_FILES = ("table.md", "table.csv", "table.json")
 SMOKE_N = 1000
@@ -70,13 +71,18 @@ def flat_table(rows: Sequence[dict]) -> tuple[list[str], list[list[object]]]:
     return header, values
 
 
-def write_tables(rows: Sequence[dict], out_dir: Path, provenance: dict, planned: Optional[int] = None) -> list[Path]:
+def write_tables(
+    rows: Sequence[dict], out_dir: Path, provenance: dict, planned: Optional[int] = None,
+    references: Optional[dict] = None,
+) -> list[Path]:
     """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out_dir``.
 
     Args:
         rows: :func:`cell_rows`.
         provenance: stamped on ``table.json`` (e.g. ``run_info`` and the sweep settings).
         planned: the sweep's number of cells; with fewer rows the table is labelled partial.
+        references: the text references (``runner._text_references``): a second table in ``table.md``,
+            ``references`` in ``table.json``; the CSV holds the cells only.
     Returns:
         The three paths.
     """
@@ -89,16 +95,19 @@ def write_tables(rows: Sequence[dict], out_dir: Path, provenance: dict, planned:
     writer.writerows(values)
     md, csv_path, json_path = (out_dir / name for name in TABLE_FILES)
     csv_path.write_text(buffer.getvalue())
-    md.write_text(markdown_report(rows, header, values, planned))
+    md.write_text(markdown_report(rows, header, values, planned, references))
     finished = {"cells_finished": len(rows), "cells_planned": planned if planned is not None else len(rows)}
-    write_json(json_path, {**provenance, **finished, "models": models_of(rows), "rows": list(rows)})
+    write_json(json_path, {**provenance, **finished, "models": models_of(rows), "rows": list(rows),
+                           "references": references})
     return [md, csv_path, json_path]
 
 
 def markdown_report(
-    rows: Sequence[dict], header: list[str], values: list[list[object]], planned: Optional[int] = None
+    rows: Sequence[dict], header: list[str], values: list[list[object]], planned: Optional[int] = None,
+    references: Optional[dict] = None,
 ) -> str:
-    """``table.md``: what was measured, then the table (scores to 1 decimal, ratios to 3 significant digits)."""
+    """``table.md``: what was measured, the table (scores to 1 decimal, ratios to 3 significant digits),
+    then the text references when given."""
     ns = sorted({row["n"] for row in rows})
     labels = " — smoke run (n < 1000)" if ns and ns[0] < SMOKE_N else ""
     if planned is not None and len(rows) < planned:
@@ -116,6 +125,18 @@ def markdown_report(
         markdown_table(header, [[_cell(v, name) for v, name in zip(row, header)] for row in values]),
         "",
     ]
+    if references:
+        lines += [
+            "## Text references",
+            "",
+            "The same examples read as text by each model (`interlingua baselines`, from "
+            f"`{references['from']}`): the text a message replaces, the token-budget baseline (the prompt cut to "
+            "the base config's M tokens) and the question-only control (the level a message that carries no "
+            "context falls to). Bytes are those of the prompt text.",
+            "",
+            markdown_table(BASELINE_HEADER, baseline_rows(references["baselines"], references["prompt_formats"])),
+            "",
+        ]
     return "\n".join(lines)
 
 
