@@ -21,7 +21,9 @@ from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep
 from interlingua.sweep import runner
+from interlingua.sweep import references as references_module
 from interlingua.sweep.pareto import reference_points
+from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.table import cell_rows
 from interlingua.training import recipe
 from interlingua.wire import encode_message, message_size
@@ -230,14 +232,16 @@ def test_each_cell_reports_its_time_and_an_estimate_of_the_rest(finished_sweep):
 
 
 def test_the_estimate_uses_seconds_per_step_and_per_cell_and_waits_for_a_measurement():
-    timing = runner.Timing()
+    timing = Timing()
     assert timing.seconds_left(0, 0) == 0.0
     assert timing.seconds_left(100, 0) is None and timing.seconds_left(0, 2) is None
     timing.training_seconds, timing.training_steps = 50.0, 25  # 2 s per step
     timing.evaluations = [30.0, 10.0]
     assert timing.seconds_left(100, 3) == pytest.approx(100 * 2 + 3 * 20)
     assert timing.seconds_left(0, 1) == pytest.approx(20)
-    assert [runner.format_duration(s) for s in (42, 450, 3.9 * 3600)] == ["42 s", "7.5 min", "3.9 h"]
+    assert timing.outlook([100, 0], 3) == "; about 4.3 min left (1 training, 3 cells)"
+    assert timing.outlook([], 0) == "" and Timing().outlook([100], 1) == ""
+    assert [format_duration(s) for s in (42, 450, 3.9 * 3600)] == ["42 s", "7.5 min", "3.9 h"]
 
 
 def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
@@ -245,7 +249,7 @@ def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     finished = {p: p.stat().st_mtime_ns for p in [*(out / "cells").iterdir(), *(out / "train").glob("*/step_*/*")]}
     monkeypatch.setattr(runner, "train", failing("train"))
     monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
-    monkeypatch.setattr(runner, "evaluate_baselines", failing("evaluate_baselines"))
+    monkeypatch.setattr(references_module, "evaluate_baselines", failing("evaluate_baselines"))
     lines = []
     run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
     assert sum("finished earlier, kept" in line for line in lines) == 8
@@ -292,7 +296,7 @@ def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finishe
     moved = tmp_path / "named"
     shutil.copytree(out / "train", moved / "train")
     monkeypatch.setattr(runner, "train", failing("train"))
-    monkeypatch.setattr(runner, "evaluate_baselines", failing("evaluate_baselines"))
+    monkeypatch.setattr(references_module, "evaluate_baselines", failing("evaluate_baselines"))
     named = dataclasses.replace(sweep, baselines=str(out / "baselines"))
     run_sweep(named, moved, EXTRA, progress=False, echo=lambda _: None)
     stored = json.loads((moved / "table.json").read_text())

@@ -5,8 +5,9 @@
     sweep = load_sweep("configs/sweeps/tiny.yaml")
     out = run_sweep(sweep)          # table.md / table.csv / table.json / pareto.png in out
 
-``grid.py`` reads the sweep file and plans the cells, ``runner.py`` trains and evaluates them (resumably),
-``table.py`` and ``pareto.py`` write the results. See ``docs/compression.md``.
+``grid.py`` reads the sweep file and plans the cells, ``runner.py`` trains and evaluates them (resumably,
+``progress.py`` estimating the time left), ``references.py`` reads the same examples as text, ``table.py``
+and ``pareto.py`` write the results. See ``docs/compression.md``.
 """
 
 from interlingua.sweep.grid import Cell, SweepConfig, load_sweep, plan_sweep

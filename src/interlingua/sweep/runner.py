@@ -10,6 +10,7 @@ Layout of the sweep folder::
     train/d512_m32/           one training run per shape (per cell with qat: true): step_*/, metrics.jsonl, ...
     cells/<cell>.json         the cell's result (config, scores, message bytes), written last and atomically
     cells/<cell>.predictions.jsonl
+    baselines/                the text references (``references.py``), unless taken from ``baselines: DIR``
     table.md  table.csv  table.json  pareto.png
 """
 
@@ -19,21 +20,19 @@ import json
 import logging
 import time
 from pathlib import Path
-from statistics import mean
 from typing import Callable, Optional, Sequence
 
 from interlingua.config import Config, config_to_dict
-from interlingua.constants import METRICS_FILE
 from interlingua.eval.artifacts import run_info, write_json, write_jsonl
-from interlingua.eval.baselines import evaluate_baselines, summarize
-from interlingua.eval.jobs import load_checkpoint, validation_examples, write_baselines
+from interlingua.eval.jobs import load_checkpoint, validation_examples
 from interlingua.eval.latent import SentZ, evaluate_own_latent
-from interlingua.eval.reuse import BaselineReuseError, load_baseline_rows
 from interlingua.models.interlingua import CheckpointError
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
-from interlingua.sweep.grid import PlannedCell, SweepConfig, SweepPlan, comparable, differences, plan_sweep
+from interlingua.sweep.grid import PlannedCell, SweepConfig, comparable, differences, plan_sweep
 from interlingua.sweep.pareto import plot_pareto
+from interlingua.sweep.progress import Timing, format_duration
+from interlingua.sweep.references import text_references
 from interlingua.sweep.table import cell_rows, write_tables
 from interlingua.training.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state
 from interlingua.training.recipe import total_steps, train
@@ -73,7 +72,14 @@ def run_sweep(
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
     reference_bytes = message_size(plan.reference_shape, "fp16", 0)
 
-    references = _text_references(sweep, plan, out, evaluator, echo) if sweep.references else None
+    references = None
+    if sweep.references:
+        config = plan.references_config
+        references = text_references(
+            config, evaluator.validation(config), evaluator.frozen_models(config, resolve_device(config.runtime.device))[0],
+            Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR, named=bool(sweep.baselines),
+            progress=progress, echo=echo,
+        )
 
     def write_report(results: list[dict]) -> None:
         rows = cell_rows(results, reference_bytes)
@@ -100,8 +106,10 @@ def run_sweep(
         result = evaluator(planned, checkpoint, path)
         timing.evaluations.append(result["evaluate_seconds"])
         scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
+        left = [p for p in plan.cells[index:] if not (out / CELLS_SUBDIR / f"{p.cell.name}.json").is_file()]
+        steps_left = [_steps_to_train(p) for p in {p.train_dir: p for p in left}.values()]
         echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message; "
-             f"evaluated in {format_duration(timing.evaluations[-1])}{timing.outlook(plan.cells[index:], out)}")
+             f"evaluated in {format_duration(timing.evaluations[-1])}{timing.outlook(steps_left, len(left))}")
         results.append(result)
         if len(results) < len(plan.cells):
             write_report(results)  # the table and plot so far, labelled partial: hours of work show as they go
@@ -118,38 +126,6 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
             "references": sweep.references, "baselines": sweep.baselines}
 
 
-def _text_references(
-    sweep: SweepConfig, plan: SweepPlan, out: Path, evaluator: "_Evaluator", echo: Callable[[str], None]
-) -> dict:
-    """The cells' examples read as text by every model: ``{"from", "prompt_formats", "baselines"}``
-    (``baselines``: :func:`~interlingua.eval.baselines.summarize`). Reused from ``sweep.baselines`` or
-    ``<out>/baselines`` when they match the examples and settings, else computed into ``<out>/baselines``.
-
-    Raises:
-        BaselineReuseError: ``sweep.baselines`` names a folder that does not match.
-    """
-    config = plan.references_config
-    examples = evaluator.validation(config)
-    lms = evaluator.frozen_models(config, resolve_device(config.runtime.device))[0]
-    formats = {key: lm.prompt_format.value for key, lm in lms.items()}
-    folder = Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR
-    if sweep.baselines or (folder / METRICS_FILE).is_file():
-        try:
-            rows = load_baseline_rows(folder, examples, config, formats)
-        except BaselineReuseError as err:
-            if sweep.baselines:
-                raise
-            echo(f"text references: {folder} does not match this sweep ({err}); recomputing")
-        else:
-            echo(f"text references: read from {folder}")
-            return {"from": str(folder), "prompt_formats": formats, "baselines": summarize(rows)}
-    echo(f"text references: every model reads the {len(examples)} validation examples as text")
-    seed_everything(config.runtime.seed)
-    info = run_info(config, "sweep")
-    rows = [row for lm in lms.values() for row in evaluate_baselines(lm, examples, config, evaluator.progress)]
-    return {"from": str(folder), "prompt_formats": formats, "baselines": write_baselines(folder, rows, formats, info)}
-
-
 def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
     """The stored result of a cell if it was computed under the cell's current config, else None."""
     if not path.is_file():
@@ -164,47 +140,6 @@ def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
         log.info("%s was computed with other settings (%s); recomputing", path, ", ".join(changed))
         return None
     return stored
-
-
-class Timing:
-    """What this invocation measured, for an estimate of the time the rest of the sweep takes."""
-
-    def __init__(self):
-        self.training_seconds = 0.0
-        self.training_steps = 0
-        self.evaluations: list[float] = []  # seconds per cell evaluation
-
-    def seconds_left(self, training_steps: int, cells: int) -> Optional[float]:
-        """Measured seconds per training step × ``training_steps`` + mean seconds per evaluation ×
-        ``cells``; None while a kind of work that is still to come has not been measured yet."""
-        if (training_steps and not self.training_steps) or (cells and not self.evaluations):
-            return None
-        per_step = self.training_seconds / self.training_steps if self.training_steps else 0.0
-        return training_steps * per_step + (cells * mean(self.evaluations) if cells else 0.0)
-
-    def outlook(self, remaining: Sequence[PlannedCell], out: Path) -> str:
-        """``"; about 3.9 h left (5 trainings, 17 cells)"`` for the cells after this one, or ``""``."""
-        cells = [p for p in remaining if not (out / CELLS_SUBDIR / f"{p.cell.name}.json").is_file()]
-        runs = {p.train_dir: p for p in cells}
-        steps = {run_dir: _steps_to_train(p) for run_dir, p in runs.items()}
-        left = self.seconds_left(sum(steps.values()), len(cells))
-        if not cells or left is None:
-            return ""
-        trainings = sum(n > 0 for n in steps.values())
-        return f"; about {format_duration(left)} left ({_count(trainings, 'training')}, {_count(len(cells), 'cell')})"
-
-
-def format_duration(seconds: float) -> str:
-    """``"42 s"``, ``"7.5 min"``, ``"3.9 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _final_checkpoint(planned: PlannedCell) -> Path:
