@@ -197,6 +197,8 @@ def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
     assert "partial" not in markdown
     # the text references: every model x {text, token budget, question only} on the cells' 4 examples
     assert references.count("\n| tiny-") == 2 * 3 and "question-only control" in references
+    budget = plan_sweep(tiny_sweep(), out, EXTRA).references_config.interlingua.num_slots
+    assert table["references"]["token_budget"] == budget and f"cut to M = {budget} tokens" in references
     summary = table["references"]["baselines"]
     assert set(summary) == set(MODELS) and all(set(modes) == set(BASELINE_MODES) for modes in summary.values())
     assert all(entry["n"] == 4 for modes in summary.values() for entry in modes.values())

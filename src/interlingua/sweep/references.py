@@ -27,8 +27,9 @@ def text_references(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """``{"from", "prompt_formats", "baselines"}`` (``baselines``: :func:`~interlingua.eval.baselines.summarize`)
-    of ``examples`` read as text by ``lms`` under ``config``.
+    """``{"from", "prompt_formats", "token_budget", "baselines"}`` of ``examples`` read as text by ``lms``
+    under ``config`` (``baselines``: :func:`~interlingua.eval.baselines.summarize`; ``token_budget``: the M
+    tokens the token-budget baseline keeps, ``config.interlingua.num_slots``).
 
     Args:
         folder: a baselines folder (``interlingua baselines`` layout): read when it matches the examples
@@ -38,6 +39,7 @@ def text_references(
         BaselineReuseError: ``named`` and ``folder`` does not match (the message says why).
     """
     formats = {key: lm.prompt_format.value for key, lm in lms.items()}
+    described = {"from": str(folder), "prompt_formats": formats, "token_budget": config.interlingua.num_slots}
     if named or (folder / METRICS_FILE).is_file():
         try:
             rows = load_baseline_rows(folder, examples, config, formats)
@@ -47,9 +49,9 @@ def text_references(
             echo(f"text references: {folder} does not match this sweep ({err}); recomputing")
         else:
             echo(f"text references: read from {folder}")
-            return {"from": str(folder), "prompt_formats": formats, "baselines": summarize(rows)}
+            return {**described, "baselines": summarize(rows)}
     echo(f"text references: every model reads the {len(examples)} validation examples as text")
     seed_everything(config.runtime.seed)
     info = run_info(config, "sweep")
     rows = [row for lm in lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
-    return {"from": str(folder), "prompt_formats": formats, "baselines": write_baselines(folder, rows, formats, info)}
+    return {**described, "baselines": write_baselines(folder, rows, formats, info)}
