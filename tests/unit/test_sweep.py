@@ -22,7 +22,7 @@ from interlingua.models.interlingua import CheckpointError
 from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep
 from interlingua.sweep import runner
 from interlingua.sweep import references as references_module
-from interlingua.sweep.pareto import reference_points
+from interlingua.sweep.pareto import pareto_figure, reference_points
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.table import cell_rows
 from interlingua.training import recipe
@@ -335,6 +335,25 @@ def test_reference_points_are_each_models_modes_at_their_prompt_bytes():
     }}}
     assert reference_points(references) == [("a", "text", 800.0, 30.0), ("a", "question_only", 80.0, 5.0)]
     assert reference_points(None) == []
+
+
+def test_the_plot_labels_the_front_and_shows_the_text_references():
+    def row(d_inter, num_slots, size, f1):
+        return {"d_inter": d_inter, "num_slots": num_slots, "precision": "fp16", "bytes": size, "n": 1000,
+                "scores": {"a": {"f1": f1}}, "prompt_utf8_bytes": 800.0, "prompt_gzip_bytes": 450.0}
+
+    rows = [row(512, 32, 30000, 7.0), row(512, 8, 8000, 7.5), row(256, 32, 16000, 6.0)]  # 256x32: beaten
+    references = {"token_budget": 32, "baselines": {"a": {
+        "text": {"f1": 20.0, "mean_prompt_utf8_bytes": 860.0},
+        "token_budget": {"f1": 9.0, "mean_prompt_utf8_bytes": 137.0},
+    }}}
+    ax = pareto_figure(rows, references).axes[0]
+    assert sorted(text.get_text() for text in ax.texts) == ["512×8 fp16"]  # 512x32 has more bytes and less F1
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "a reading the text (F1 20.0)" in legend and "token-budget baseline (M = 32 tokens)" in legend
+    assert "a (Pareto front)" in legend and "text z replaces, UTF-8 (800 B)" in legend
+    without = [t.get_text() for t in pareto_figure(rows).axes[0].get_legend().get_texts()]
+    assert not any("reading the text" in label or "baseline" in label for label in without)
 
 
 def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkeypatch):

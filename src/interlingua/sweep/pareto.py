@@ -48,16 +48,19 @@ def reference_points(references: Optional[dict]) -> list[tuple[str, str, float, 
 
 
 def plot_pareto(rows: Sequence[dict], path: Path, references: Optional[dict] = None) -> Path:
+    """Write :func:`pareto_figure` to ``path`` (PNG); returns ``path``."""
+    pareto_figure(rows, references).savefig(path, dpi=120)
+    return path
+
+
+def pareto_figure(rows: Sequence[dict], references: Optional[dict] = None) -> Figure:
     """F1 vs bytes per message (log x): every cell as a point, one line per model through its Pareto
-    front, vertical lines at the text prompt's mean UTF-8 and gzip bytes, and with ``references`` each
+    front (its cells labelled d_inter×M precision), vertical lines at the text prompt's mean UTF-8 and gzip bytes, and with ``references`` each
     model's text references as markers at their prompt's UTF-8 bytes, its text-prompt F1 as a dotted line.
 
     Args:
         rows: :func:`~interlingua.sweep.table.cell_rows`.
-        path: PNG to write.
-        references: the sweep's text references (``runner._text_references``), or None.
-    Returns:
-        ``path``.
+        references: the sweep's text references (:func:`~interlingua.sweep.references.text_references`), or None.
     """
     fig = Figure(figsize=(10.0, 5.5))
     FigureCanvasAgg(fig)
@@ -70,20 +73,23 @@ def plot_pareto(rows: Sequence[dict], path: Path, references: Optional[dict] = N
         if mode == "text":
             ax.axhline(f1, color=colour, linestyle=":", linewidth=1, label=f"{model} reading the text (F1 {f1:.1f})")
     for mode, marker in REFERENCE_MARKERS.items() if references else ():
-        ax.scatter([], [], color="grey", marker=marker, s=70, label=MODE_TITLES[mode])  # legend entries only
+        title = MODE_TITLES[mode]
+        if mode == "token_budget" and "token_budget" in references:
+            title = title.replace("M tokens", f"M = {references['token_budget']} tokens")
+        ax.scatter([], [], color="grey", marker=marker, s=70, label=title)  # legend entries only
     for model, colour in colours.items():
         if not any(model in row["scores"] for row in rows):
             continue
         cells = [row for row in rows if model in row["scores"]]
         points = [(row["bytes"], row["scores"][model]["f1"]) for row in cells]
         ax.scatter(*zip(*points), color=colour, alpha=0.55, s=22)
-        for (size, f1), row in zip(points, cells):
-            if (size, f1, _short_label(row)) in labelled:
-                continue
-            labelled.add((size, f1, _short_label(row)))
-            ax.annotate(_short_label(row), (size, f1), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
-        front = [points[i] for i in pareto_front(points)]
-        ax.plot(*zip(*front), color=colour, marker="o", label=f"{model} (Pareto front)")
+        front = pareto_front(points)
+        for index in front:  # the front's cells only: the others are in the table, labels would pile up
+            (size, f1), label = points[index], _short_label(cells[index])
+            if (size, f1, label) not in labelled:
+                labelled.add((size, f1, label))
+                ax.annotate(label, (size, f1), fontsize=6, alpha=0.8, xytext=(3, 3), textcoords="offset points")
+        ax.plot(*zip(*(points[i] for i in front)), color=colour, marker="o", label=f"{model} (Pareto front)")
     for key, style, name in (("prompt_utf8_bytes", "--", "text z replaces, UTF-8"),
                              ("prompt_gzip_bytes", ":", "text z replaces, gzip")):
         size = mean(row[key] for row in rows)
@@ -94,8 +100,7 @@ def plot_pareto(rows: Sequence[dict], path: Path, references: Optional[dict] = N
     ax.set_title(f"F1 vs message bytes (n = {', '.join(str(n) for n in sorted({r['n'] for r in rows}))})")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return fig
 
 
 def _short_label(row: dict) -> str:
