@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import itertools
 import json
 import re
@@ -257,6 +258,22 @@ def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     assert sum("finished earlier, kept" in line for line in lines) == 8
     assert lines[0] == f"text references: read from {out / 'baselines'}"
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
+
+
+def test_the_publish_script_copies_the_table_and_plot_into_results_and_the_doc(finished_sweep, tmp_path):
+    spec = importlib.util.spec_from_file_location("publish", REPO_ROOT / "scripts" / "publish_compression_results.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    doc = tmp_path / "compression.md"
+    doc.write_text(f"# Doc\n\n{publish.START}\nold table\n{publish.END}\n\nafter\n")
+    status = publish.publish(finished_sweep[0], tmp_path / "results", doc)
+    assert status.startswith("**All 8 cells finished**")
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Doc\n\n") and text.endswith(f"{publish.END}\n\nafter\n")
+    assert "| d_inter | M | precision |" in text and "#### Text references" in text
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted(publish.FILES)
+    with pytest.raises(SystemExit, match="markers"):
+        publish.publish(finished_sweep[0], tmp_path / "results", tmp_path / "results" / "table.md")
 
 
 def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
