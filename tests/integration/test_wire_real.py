@@ -51,8 +51,11 @@ def test_smollm2_encodes_and_gemma_answers_in_another_process(checkpoint, tmp_pa
     assert config.interlingua.conditioning.value == "hybrid"
     cli, env = [sys.executable, "-m", "interlingua"], {**os.environ, "PYTHONIOENCODING": "utf-8"}
     message = tmp_path / "msg.bin"
-    subprocess.run(cli + ["encode", "--checkpoint", str(step), "--text", CONTEXT, "--sender", SENDER, "-o", str(message),
-                          "compression.precision=int8"], check=True, cwd=REPO_ROOT, capture_output=True, env=env)
+    subprocess.run(
+        cli + ["encode", "--checkpoint", str(step), "--text", CONTEXT, "--sender", SENDER, "-o", str(message),
+               "compression.precision=int8"],
+        check=True, cwd=REPO_ROOT, capture_output=True, env=env,
+    )
     received = subprocess.run(
         cli + ["generate", "--checkpoint", str(step), "--model", RECEIVER, "--question", QUESTION, str(message)],
         check=True, cwd=REPO_ROOT, capture_output=True, env=env,

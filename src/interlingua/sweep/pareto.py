@@ -55,8 +55,9 @@ def plot_pareto(rows: Sequence[dict], path: Path, references: Optional[dict] = N
 
 def pareto_figure(rows: Sequence[dict], references: Optional[dict] = None) -> Figure:
     """F1 vs bytes per message (log x): every cell as a point, one line per model through its Pareto
-    front (its cells labelled d_inter×M precision), vertical lines at the text prompt's mean UTF-8 and gzip bytes, and with ``references`` each
-    model's text references as markers at their prompt's UTF-8 bytes, its text-prompt F1 as a dotted line.
+    front (its cells labelled d_inter×M precision), vertical lines at the text prompt's mean UTF-8 and
+    gzip bytes, and with ``references`` each model's text references as markers at their prompt's UTF-8
+    bytes, its text-prompt F1 as a dotted line.
 
     Args:
         rows: :func:`~interlingua.sweep.table.cell_rows`.

@@ -75,11 +75,10 @@ def run_sweep(
     references = None
     if sweep.references:
         config = plan.references_config
-        references = text_references(
-            config, evaluator.validation(config), evaluator.frozen_models(config, resolve_device(config.runtime.device))[0],
-            Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR, named=bool(sweep.baselines),
-            progress=progress, echo=echo,
-        )
+        lms = evaluator.frozen_models(config, resolve_device(config.runtime.device))[0]
+        folder = Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR
+        references = text_references(config, evaluator.validation(config), lms, folder, named=bool(sweep.baselines),
+                                     progress=progress, echo=echo)
 
     def write_report(results: list[dict]) -> None:
         rows = cell_rows(results, reference_bytes)

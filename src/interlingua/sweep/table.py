@@ -130,9 +130,9 @@ def markdown_report(
             "## Text references",
             "",
             "The same examples read as text by each model (`interlingua baselines`, from "
-            f"`{references['from']}`): the text a message replaces, the token-budget baseline (the prompt cut to "
-            f"M = {references['token_budget']} tokens) and the question-only control (the level a message that carries no "
-            "context falls to). Bytes are those of the prompt text.",
+            f"`{references['from']}`): the text a message replaces, the token-budget baseline (the prompt cut "
+            f"to M = {references['token_budget']} tokens) and the question-only control (the level a message that "
+            "carries no context falls to). Bytes are those of the prompt text.",
             "",
             markdown_table(BASELINE_HEADER, baseline_rows(references["baselines"], references["prompt_formats"])),
             "",
