@@ -81,8 +81,8 @@ def write_tables(
         rows: :func:`cell_rows`.
         provenance: stamped on ``table.json`` (e.g. ``run_info`` and the sweep settings).
         planned: the sweep's number of cells; with fewer rows the table is labelled partial.
-        references: the text references (:func:`~interlingua.sweep.references.text_references`): a second table in ``table.md``,
-            ``references`` in ``table.json``; the CSV holds the cells only.
+        references: the text references (:func:`~interlingua.sweep.references.text_references`): a second
+            table in ``table.md``, ``references`` in ``table.json``; the CSV holds the cells only.
     Returns:
         The three paths.
     """
