@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/latest")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bridge", help="native design: fit the vocabulary bridge, print the fit, write the step-0 checkpoint")
+    _add_common(p)
+    p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("run", help="the main job: train, then evaluate the final checkpoint and write the report")
     _add_common(p)
@@ -187,6 +192,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = train(config, config.output_dir("train"), resume=args.resume, progress=not args.quiet)
     if _is_main_process():
         print(f"final checkpoint: {final}")
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """The native design before any training: ``<output_dir>/step_000000`` (evaluate it with ``eval``)."""
+    from interlingua.eval.artifacts import prepare_run_dir
+    from interlingua.pipeline import load_frozen_models
+    from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+    from interlingua.training.checkpoint import checkpoint_dir
+    from interlingua.training.recipe import initial_model
+
+    config = resolve_config(args)
+    if config.interlingua.design.value != "native":
+        raise ConfigError("`interlingua bridge` needs interlingua.design=native (e.g. --config native)")
+    seed_everything(config.runtime.seed)
+    device = resolve_device(config.runtime.device)
+    model = initial_model(config, *load_frozen_models(config, device, frozen_dtype(device)))
+    out = prepare_run_dir(config, config.output_dir("bridge"))
+    target = checkpoint_dir(out, 0)
+    model.save_pretrained(target)
+    print(json.dumps(model.bridge_metrics, indent=2))
+    print(f"step-0 checkpoint: {target}")
     return 0
 
 

@@ -50,6 +50,16 @@ class Positions(str, Enum):
     SINUSOIDAL = "sinusoidal"  # fixed sinusoidal position encodings added after the input projection
 
 
+class Design(str, Enum):
+    POOLED = "pooled"  # the seed's design (DESIGN §3): a learned bottleneck from random init
+    NATIVE = "native"  # DESIGN §8: token-level z through the fitted vocabulary bridge, residual learning
+
+
+class NativeDecoder(str, Enum):
+    VOCAB = "vocab"  # attention over the receiver's own vocabulary embeddings (top-k, learned temperature)
+    LINEAR = "linear"  # the fitted linear map Q_m
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -121,12 +131,43 @@ class InterlinguaConfig:
     or ``hybrid`` (z carries ``Context: …`` only; the receiver reads ``[BOS?] + soft prompt +
     "\\nQuestion: …\\nAnswer:"``)."""
 
+    design: Design = Design.POOLED
+    """``pooled`` (the seed's learned bottleneck, DESIGN §3) or ``native`` (DESIGN §8: token-level z in the
+    space fitted on the models' shared vocabulary; the keys below apply to it)."""
+    pool_window: str = "1"
+    """native: ``1`` (one z vector per sender token, 1.0x), ``k`` (k consecutive vectors pooled with
+    learnable weights that start as the mean) or ``all`` (one vector: the seed's pool)."""
+    decoder: NativeDecoder = NativeDecoder.VOCAB
+    """native: how a receiver turns z into soft tokens: ``vocab`` (attention over its own vocabulary
+    embeddings) or ``linear`` (the fitted map Q_m)."""
+    vocab_top_k: int = 8
+    """native, ``decoder=vocab``: candidate tokens per z vector."""
+    vocab_temperature: float = 0.01
+    """native, ``decoder=vocab``: starting softmax temperature over cosine scores (learned)."""
+    train_maps: bool = True
+    """native: train the fitted encoder / linear decoder maps (false: only the residual branches learn)."""
+    bridge_ridge: float = 1e-2
+    """native: ridge strength of the closed-form vocabulary fit (relative to the mean squared input)."""
+
+    @property
+    def pool_size(self) -> int | None:
+        """``pool_window`` as a number of vectors per pooled vector; None = the whole prompt."""
+        return None if str(self.pool_window) == "all" else int(self.pool_window)
+
     def __post_init__(self) -> None:
-        for key in ("d_inter", "num_slots", "n_heads", "n_cross_layers"):
+        for key in ("d_inter", "num_slots", "n_heads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"interlingua.{key} must be positive, got {getattr(self, key)}")
+        native = self.design == Design.NATIVE
+        if self.n_cross_layers < (0 if native else 1):
+            raise ConfigError(f"interlingua.n_cross_layers must be {'>= 0' if native else 'positive'}, got {self.n_cross_layers}")
         if self.n_refine_layers < 0:
             raise ConfigError(f"interlingua.n_refine_layers must be >= 0, got {self.n_refine_layers}")
+        window = str(self.pool_window)
+        if window != "all" and not (window.isdigit() and int(window) >= 1):
+            raise ConfigError(f"interlingua.pool_window must be a positive integer or 'all', got {self.pool_window!r}")
+        if self.vocab_top_k <= 0 or not self.vocab_temperature > 0 or not self.bridge_ridge > 0:
+            raise ConfigError("interlingua.vocab_top_k, vocab_temperature and bridge_ridge must be positive")
         if self.d_inter % self.n_heads:
             raise ConfigError(
                 f"interlingua.d_inter ({self.d_inter}) must be divisible by interlingua.n_heads ({self.n_heads})"
@@ -241,8 +282,14 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 16
     """Greedy decoding, cut at the first newline or EOS."""
+    conditionings: List[str] = field(default_factory=lambda: ["hybrid", "full"])
+    """native design: the ways every pair is evaluated: ``hybrid`` (the question as text after the soft
+    tokens) and/or ``full`` (everything through z)."""
 
     def __post_init__(self) -> None:
+        unknown = [c for c in self.conditionings if c not in {m.value for m in Conditioning}]
+        if unknown or not self.conditionings:
+            raise ConfigError(f"eval.conditionings must list hybrid and/or full, got {list(self.conditionings)}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"eval.limit must be positive or null, got {self.limit}")
         if self.batch_size <= 0 or self.max_new_tokens <= 0:

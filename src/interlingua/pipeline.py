@@ -113,6 +113,8 @@ class InterlinguaSystem:
 
     def __init__(self, model: InterlinguaModel, lms: dict[str, FrozenLM], encoder):
         model.check_frozen_models([frozen_model_info(lm) for lm in lms.values()])
+        if hasattr(model, "attach_vocabularies"):  # the native design's receivers read their own vocabularies
+            model.attach_vocabularies(lms)
         self.model = model
         self.lms = lms
         self.encoder = encoder

@@ -18,9 +18,11 @@ from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json, wr
 from interlingua.eval.baselines import evaluate_baselines, run_baselines, summarize
 from interlingua.eval.latent import evaluate_latent, information_flow
 from interlingua.eval.plots import plot_cross_decode, plot_f1_by_row
-from interlingua.eval.report import baselines_report, eval_report
+from interlingua.eval.native import evaluate_native
+from interlingua.eval.report import baselines_report, eval_report, native_eval_report
 from interlingua.eval.reuse import load_baseline_rows
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
+from interlingua.models.native import NativeInterlingua
 from interlingua.pipeline import InterlinguaSystem, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.training.checkpoint import read_trainer_state
@@ -98,6 +100,9 @@ def eval_job(
         baseline_rows = load_baseline_rows(Path(baselines_dir), examples, config, formats)
     else:
         baseline_rows = [row for lm in system.lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
+    if isinstance(model, NativeInterlingua):
+        return _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir,
+                            progress)
     latent_rows, latent = evaluate_latent(system, examples, config, text_rows=baseline_rows, progress=progress)
     baselines = summarize(baseline_rows)
     metrics = {
@@ -115,6 +120,26 @@ def eval_job(
     (out_dir / REPORT_FILE).write_text(eval_report(metrics))
     plot_cross_decode(latent["cross_decode"], out_dir / CROSS_DECODE_PLOT)
     plot_f1_by_row(baselines, latent, out_dir / F1_BY_ROW_PLOT)
+    return out_dir
+
+
+def _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir, progress) -> Path:
+    """eval_job for the native design: every pair under each of ``eval.conditionings`` (eval/native.py)."""
+    native_rows, native = evaluate_native(system, examples, config, text_rows=baseline_rows, progress=progress)
+    baselines = summarize(baseline_rows)
+    metrics = {
+        "run": info, "n": len(examples),
+        "checkpoint": {"path": str(checkpoint_dir.resolve()), "fingerprint": system.model.fingerprint()},
+        "prompt_formats": {key: lm.prompt_format.value for key, lm in system.lms.items()},
+        "baselines_from": str(Path(baselines_dir).resolve()) if baselines_dir is not None else None,
+        "baselines": baselines, "native": native,
+    }
+    write_jsonl(out_dir / PREDICTIONS_FILE, baseline_rows + native_rows)
+    write_json(out_dir / METRICS_FILE, metrics)
+    (out_dir / REPORT_FILE).write_text(native_eval_report(metrics))
+    for conditioning, receivers in native["scores"].items():
+        matrix = {a: {b: receivers[b][a]["latent" if a == b else "cross"] for b in receivers} for a in receivers}
+        plot_cross_decode(matrix, out_dir / f"cross_decode_{conditioning}.png")
     return out_dir
 
 

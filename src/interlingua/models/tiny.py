@@ -4,6 +4,9 @@
 * ``tiny-qwen2``: ``Qwen2ForCausalLM`` (2 layers, width 48, tied embeddings) with a small BPE
   tokenizer trained on a fixed corpus, no BOS, and a ChatML chat template — a different family,
   tokenizer and width, like the real pairs.
+* ``tiny-gemma``: ``Gemma3ForCausalLM`` (2 layers, width 40, scaled embeddings) with a SentencePiece-style
+  BPE tokenizer (``▁`` for spaces, ``<0xNN>`` byte fallback) that adds BOS: the third family of the
+  native design's N = 3 tests.
 * ``tiny-encoder``: a 2-layer BERT sentence-transformer (mean pooling + normalise, width 32).
 
 Everything is seeded, so a build is the same on every machine. The registry builds each once into
@@ -20,7 +23,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-encoder")
+TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma", "tiny-encoder")
 TINY_BUILD_VERSION = 1  # bump when a build changes, so caches are rebuilt
 
 _CORPUS = """\
@@ -46,7 +49,8 @@ _CHATML_TEMPLATE = (
 
 def build_tiny_model(name: str, out_dir: Path) -> None:
     """Build tiny model ``name`` into ``out_dir`` (created)."""
-    builders = {"tiny-llama": _build_tiny_llama, "tiny-qwen2": _build_tiny_qwen2, "tiny-encoder": _build_tiny_encoder}
+    builders = {"tiny-llama": _build_tiny_llama, "tiny-qwen2": _build_tiny_qwen2, "tiny-gemma": _build_tiny_gemma,
+                "tiny-encoder": _build_tiny_encoder}
     if name not in builders:
         raise KeyError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
     out_dir = Path(out_dir)
@@ -82,6 +86,30 @@ def _trained_bpe_tokenizer() -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = _CHATML_TEMPLATE
     return fast
+
+
+def _sentencepiece_style_tokenizer() -> PreTrainedTokenizerFast:
+    """BPE over ``▁``-marked words with ``<0xNN>`` byte-fallback tokens, as Gemma and Llama-2 write them."""
+    import json
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=list(string.ascii_letters + string.digits + ".,?'\u2581"))
+    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    description = json.loads(tok.to_str())
+    vocab = description["model"]["vocab"]
+    for byte in range(256):  # byte-fallback tokens after the trained ones
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    description["model"].update(byte_fallback=True, fuse_unk=True)
+    description["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    tok = Tokenizer.from_str(json.dumps(description))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", add_bos_token=True)
 
 
 def _wordpiece_tokenizer() -> PreTrainedTokenizerFast:
@@ -134,6 +162,20 @@ def _build_tiny_qwen2(out_dir: Path) -> None:
     )
     torch.manual_seed(1)
     _save_causal_lm(Qwen2ForCausalLM(config), tokenizer, out_dir)
+
+
+def _build_tiny_gemma(out_dir: Path) -> None:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = _sentencepiece_style_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=40, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=20, max_position_embeddings=2048, sliding_window=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(3)
+    _save_causal_lm(Gemma3ForCausalLM(config), tokenizer, out_dir)
 
 
 def _build_tiny_encoder(out_dir: Path) -> None:

@@ -40,7 +40,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from interlingua.cache.install import install_caches
-from interlingua.config import AnchorKind, Config, ConfigError, config_to_dict, normalised_config_dict
+from interlingua.config import AnchorKind, Config, ConfigError, Design, config_to_dict, normalised_config_dict
 from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
@@ -127,6 +127,19 @@ def interlingua_spec(config: Config, lms: dict, encoder) -> InterlinguaSpec:
     )
 
 
+def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
+    """The learned modules at step 0: random (``interlingua.design=pooled``, the seed) or the fitted
+    vocabulary bridge with zero-initialised residual branches (``native``; the fit is cached)."""
+    spec = interlingua_spec(config, lms, encoder)
+    if config.interlingua.design != Design.NATIVE:
+        return InterlinguaModel(spec)
+    from interlingua.bridge.fit import BridgeSettings, load_or_fit_bridge
+    from interlingua.models.native import NativeInterlingua
+
+    settings = BridgeSettings(d_inter=config.interlingua.d_inter, ridge=config.interlingua.bridge_ridge)
+    return NativeInterlingua(spec, load_or_fit_bridge(lms, settings))
+
+
 class TrainingRecipe:
     """One training run; :func:`train` drives it. Attributes are set by :meth:`setup`."""
 
@@ -165,7 +178,7 @@ class TrainingRecipe:
         self._check_output_dir(resume)
         self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device))
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
-        model = InterlinguaModel(interlingua_spec(cfg, self.lms, encoder)).to(acc.device)
+        model = initial_model(cfg, self.lms, encoder).to(acc.device)
         self.system = InterlinguaSystem(model, self.lms, encoder)
         sharded = cfg.runtime.shard_frozen
         # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding

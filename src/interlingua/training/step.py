@@ -39,7 +39,9 @@ from interlingua.constants import RECONSTRUCTION_CUE
 from interlingua.losses import (
     alignment_loss, combine_losses, contrastive_loss, k_token_ce, l1_penalty, semantic_anchor_loss,
 )
+from interlingua.data.prompts import question_suffix
 from interlingua.models.frozen_lm import FrozenLM, Targets
+from interlingua.models.native import Latent, NativeInterlingua, summary
 from interlingua.pipeline import Anchor, InterlinguaSystem
 from interlingua.wire.quantize import fake_quantize
 
@@ -102,13 +104,23 @@ class LearnedForward(nn.Module):
         self._system = system  # not a Module: stays out of parameters(), state_dict() and DDP
         self.compression = compression
 
-    def forward(self, texts: list[str], anchor: Anchor) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    def forward(self, texts: list[str], anchor: Anchor) -> tuple[dict, dict, Tensor]:
         """Returns ``(zs, soft_prompts, anchor_target)``: z and own-model soft prompt per model key,
-        and the fixed anchor projection ``(B, d_inter)`` that L_sem compares z with."""
+        and the fixed anchor projection ``(B, d_inter)`` that L_sem compares z with.
+
+        The native design (``interlingua.design=native``) returns a :class:`~interlingua.models.native.Latent`
+        per sender and soft tokens per ``(sender, receiver)`` pair: every receiver reads every sender."""
         zs = {key: self._system.encode(key, texts, anchor) for key in self._system.lms}
+        if isinstance(self.model, NativeInterlingua):
+            soft_prompts = {(a, b): self.model.soft_prompt(b, self.delivered_latent(z))
+                            for a, z in zs.items() for b in self._system.lms}
+            return zs, soft_prompts, self.model.project_anchor(anchor.states, anchor.mask)
         soft_prompts = {key: self.model.soft_prompt(key, self.delivered(z)) for key, z in zs.items()}
         anchor_target = self.model.aligner.project_anchor(anchor.states, anchor.mask)
         return zs, soft_prompts, anchor_target
+
+    def delivered_latent(self, latent: Latent) -> Latent:
+        return Latent(self.delivered(latent.z), latent.mask)
 
     def delivered(self, z: Tensor) -> Tensor:
         """z ``(B, ...)`` as the wire delivers it under quantisation-aware training, else z itself."""
@@ -182,6 +194,8 @@ def batch_loss(
     if config.w_rec and rec_tokens <= 0:
         raise ValueError(f"L_rec needs rec_tokens > 0 (pretrain.tokens), got {rec_tokens}")
     sender_texts = texts if sender_texts is None else sender_texts
+    if isinstance(system.model, NativeInterlingua):
+        return native_batch_loss(system, forward, texts, answers, config, norm, rec_tokens, sender_texts, questions, l1)
     anchor = system.anchor(sender_texts)  # (B, d_sem) or (B, S, d_sem): frozen, no gradient
     zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     example_share = len(texts) / norm.examples if norm else 1.0
@@ -216,6 +230,60 @@ def batch_loss(
     total = combine_losses(terms, config, extra_weights={"l1": l1})
     floats = {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
     return StepLoss(total, floats, _detached(zs), _detached(soft_prompts))
+
+
+def native_batch_loss(
+    system: InterlinguaSystem, forward: nn.Module, texts: list[str], answers: list[str], config: LossConfig,
+    norm: LossNorm | None, rec_tokens: int, sender_texts: list[str], questions: list[str] | None, l1: float,
+) -> StepLoss:
+    """:func:`batch_loss` of the native design: every receiver b reads every sender a's z.
+
+    L_gen and L_kd (from b's own text teacher) and L_rec (b repeats the first R tokens of the sent text in
+    its own tokenisation after ``soft tokens + RECONSTRUCTION_CUE``, teacher-forced) are means over the
+    senders for each receiver, summed over receivers like the seed's per-model terms, so their scale does
+    not grow with N. L_align, L_sem, L_nce and L1 compare the senders' masked-mean summaries ``(B, d_inter)``
+    (the senders' token sequences differ in length)."""
+    anchor = system.anchor(sender_texts)
+    latents, soft, anchor_target = forward(sender_texts, anchor)
+    senders = list(latents)
+    answer_tails = [question_suffix(q) for q in questions] if questions is not None else [""] * len(texts)
+    example_share = len(texts) / norm.examples if norm else 1.0
+    gen, kd, rec = [], [], []
+    for receiver, lm in system.lms.items():
+        if config.w_gen or config.w_kd:
+            targets = lm.answer_targets(answers, config.k_tokens)  # (B, K)
+            share = int(targets.mask.sum()) / norm.positions[receiver] if norm else 1.0
+            teacher = system.kd_teacher(receiver, config.kd_temperature) if config.w_kd else None
+            for sender in senders:
+                tokens = soft[(sender, receiver)]
+                student = lm.target_logits(lm.soft_tokens_prefix(tokens.embeddings, tokens.mask, answer_tails), targets)
+                if config.w_gen:
+                    gen.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
+                if config.w_kd:
+                    kd.append(teacher.kd_loss(student, texts, targets) * share / len(senders))
+        if config.w_rec:
+            targets = reconstruction_targets(lm, sender_texts, rec_tokens)  # (B, R) in the receiver's tokens
+            share = int(targets.mask.sum()) / norm.rec_positions[receiver] if norm else 1.0
+            for sender in senders:
+                tokens = soft[(sender, receiver)]
+                prefix = lm.soft_tokens_prefix(tokens.embeddings, tokens.mask, [RECONSTRUCTION_CUE] * len(texts))
+                student = lm.target_logits(prefix, targets)
+                rec.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
+    summaries = {key: summary(latent) for key, latent in latents.items()}  # (B, d_inter)
+    terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in (("gen", gen), ("kd", kd), ("rec", rec))
+                                if parts}
+    if config.w_align:
+        terms["align"] = alignment_loss(summaries) * example_share
+    if config.w_sem:
+        terms["sem"] = semantic_anchor_loss(summaries, anchor_target) * example_share
+    if config.w_nce:
+        terms["nce"] = contrastive_loss(summaries, config.nce_temperature) * example_share
+    if l1:
+        terms["l1"] = l1_penalty(summaries) * example_share
+    total = combine_losses(terms, config, extra_weights={"l1": l1})
+    floats = {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
+    own = {key: soft[(key, key)].embeddings for key in system.lms}
+    return StepLoss(total, floats, _detached(summaries), _detached(own))
 
 
 def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:

@@ -84,6 +84,7 @@ def encode_texts(
     names = list(names or [f"prompt {i + 1}" for i in range(len(texts))])
     _check_not_empty(texts, names)
     model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []))
+    _check_pooled(model, checkpoint_dir)
     if model.spec.interlingua.conditioning == Conditioning.HYBRID:
         _check_context_only(texts, names)
     lm = _load_model(model, config, sender or model.model_keys[0], "sender", device)
@@ -95,6 +96,15 @@ def encode_texts(
     checkpoint_id = model.fingerprint()
     precision, group_size = config.compression.precision, config.compression.group_size
     return [encode_message(row, precision, group_size, checkpoint_id) for row in z]
+
+
+def _check_pooled(model: InterlinguaModel, checkpoint_dir: Path) -> None:
+    """The wire commands carry the pooled design's fixed-shape z; refuse a native checkpoint clearly."""
+    if model.spec.interlingua.design.value == "native":
+        raise CheckpointError(
+            f"{checkpoint_dir} holds a native-design interlingua (interlingua.design=native), which the wire "
+            "commands do not carry yet; evaluate it with `interlingua eval --checkpoint …`"
+        )
 
 
 def _check_not_empty(texts: Sequence[str], names: Sequence[str]) -> None:
@@ -174,6 +184,7 @@ def generate_from_messages(
         raise MessageInputError("no messages to decode")
     names = list(names or [f"message {i + 1}" for i in range(len(messages))])
     model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []))
+    _check_pooled(model, checkpoint_dir)
     _check_questions(model.spec.interlingua.conditioning, questions, names)
     z = decode_messages(model, messages, names)  # before loading the LLM: a bad message fails fast
     lm = _load_model(model, config, receiver, "receiver", device)

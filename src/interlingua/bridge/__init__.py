@@ -1,0 +1,1 @@
+"""The vocabulary bridge (DESIGN §8)."""

@@ -1,0 +1,254 @@
+"""Evaluation of the native interlingua (DESIGN §8): every (sender, receiver) pair, both ways.
+
+For each conditioning of ``eval.conditionings``:
+
+* ``hybrid``: the senders encode ``Context: …``; the receiver reads its prompt template's head + the soft
+  tokens + ``\\nQuestion: …\\nAnswer:`` as text + the template's tail;
+* ``full``: the senders encode the whole text prompt; the receiver reads head + soft tokens + tail.
+
+Rows per example, per receiver b and sender a: ``latent`` (a = b) or ``cross`` (a ≠ b) from the example's
+own z, and ``shuffled`` from another example's z (a fixed seeded derangement) for *every* pair, cross pairs
+included. Each row carries ``sender`` and ``conditioning``. Around them: the share of each model's text F1
+that survives, the information-flow margin per pair (latent − shuffled), agreement, interlingua distance
+(between the senders' masked-mean summaries of the same example), message sizes and the bridge's fit.
+
+    rows, summary = evaluate_native(system, examples, config, text_rows=baseline_rows)
+"""
+
+from __future__ import annotations
+
+import itertools
+from statistics import mean
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from interlingua.config import Conditioning, Config, ConfigError, Precision
+from interlingua.data.prompts import question_suffix, sender_prompt
+from interlingua.data.squad import SquadExample
+from interlingua.eval.artifacts import gzip_bytes, utf8_bytes
+from interlingua.eval.baselines import summarize
+from interlingua.eval.generation import generate_batched
+from interlingua.eval.latent import _eval_mode, _row, agreement, derangement, interlingua_distance, received_z
+from interlingua.models.native import Latent, summary as latent_summary_vector
+from interlingua.pipeline import InterlinguaSystem
+from interlingua.wire.message import message_size
+from interlingua.wire.quantize import FLOAT_DTYPES
+
+FLOW_MARGIN_F1 = 3.0
+"""F1 points a pair's latent row must beat its own shuffled-z row by (issue #15's target)."""
+
+
+def evaluate_native(
+    system: InterlinguaSystem,
+    examples: Sequence[SquadExample],
+    config: Config,
+    text_rows: Sequence[dict] | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
+    """All rows and the summary (module docstring).
+
+    Raises:
+        ConfigError: fewer than 2 examples (no shuffled control).
+    """
+    if len(examples) < 2:
+        raise ConfigError(f"the shuffled-z control needs at least 2 examples, got {len(examples)}; raise eval.limit")
+    rows: list[dict] = []
+    runs = {}
+    with _eval_mode(system.model):
+        for conditioning in (Conditioning(c) for c in config.eval.conditionings):
+            texts = sent_texts(system, examples, config, conditioning)
+            latents = {a: received_rows(encode_rows(system, a, texts, config, progress), config) for a in system.lms}
+            rows += decode_all(system, examples, latents, conditioning, config, progress)
+            runs[conditioning.value] = (texts, latents)
+    return rows, native_summary(system, rows, runs, [e.id for e in examples], text_rows, config)
+
+
+def sent_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config,
+               conditioning: Conditioning) -> list[str]:
+    """What every sender reads for each example: cut to fit ``data.max_prompt_tokens`` in every tokenizer."""
+    tokenizers = [lm.tokenizer for lm in system.lms.values()]
+    budget = config.data.max_prompt_tokens
+    return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
+
+
+def encode_rows(system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool) -> list[Tensor]:
+    """Each text read through ``sender`` -> its z, one ``(T_i, d_inter)`` fp32 CPU tensor per text."""
+    def encode(batch: list[str]) -> list[Tensor]:
+        with torch.no_grad():
+            latent = system.encode(sender, batch, system.anchor(batch))
+        return [row.float().cpu() for row in latent.rows()]
+
+    return generate_batched(list(texts), encode, config.eval.batch_size, length=len, desc=f"{sender} encode",
+                            progress=progress)
+
+
+def received_rows(rows: list[Tensor], config: Config) -> list[Tensor]:
+    """Each message's z as the wire delivers it at ``compression.precision`` / ``group_size``."""
+    return [received_z(row.unsqueeze(0), config.compression)[0] for row in rows]
+
+
+def soft_rows(system: InterlinguaSystem, receiver: str, z_rows: list[Tensor], config: Config,
+              progress: bool, desc: str) -> list[Tensor]:
+    """Receiver ``receiver``'s soft tokens of each z, one ``(T_i, d_receiver)`` tensor per message."""
+    def decode(batch: list[Tensor]) -> list[Tensor]:
+        with torch.no_grad():
+            soft = system.model.soft_prompt(receiver, Latent.from_rows(batch).to(system.device))
+        return [row[mask] for row, mask in zip(soft.embeddings, soft.mask)]
+
+    return generate_batched(z_rows, decode, config.eval.batch_size, length=len, desc=desc, progress=progress)
+
+
+def suffixes(examples: Sequence[SquadExample], conditioning: Conditioning) -> list[str]:
+    """What each receiver reads as text after the soft tokens: the question (hybrid) or nothing (full)."""
+    return [question_suffix(e.question) if conditioning == Conditioning.HYBRID else "" for e in examples]
+
+
+def answers_from_soft(lm, soft: list[Tensor], tails: list[str], config: Config, progress: bool, desc: str) -> list[str]:
+    """Greedy answers of ``lm`` from soft-token rows, each followed by its text tail."""
+    def generate(indices: list[int]) -> list[str]:
+        batch = [soft[i] for i in indices]
+        padded = Latent.from_rows(batch)  # right-padded (B, T, d) + mask, what the prefix builder takes
+        return lm.generate(lm.soft_tokens_prefix(padded.z, padded.mask, [tails[i] for i in indices]),
+                           config.eval.max_new_tokens)
+
+    return generate_batched(list(range(len(soft))), generate, config.eval.batch_size,
+                            length=lambda i: len(soft[i]), desc=desc, progress=progress)
+
+
+def decode_all(system: InterlinguaSystem, examples: Sequence[SquadExample], latents: dict[str, list[Tensor]],
+               conditioning: Conditioning, config: Config, progress: bool) -> list[dict]:
+    """latent / cross and shuffled rows of every (sender, receiver) pair under one conditioning."""
+    permutation = derangement(len(examples), config.runtime.seed)
+    tails = suffixes(examples, conditioning)
+    rows = []
+    for receiver, lm in system.lms.items():
+        for sender in system.lms:
+            mode = "latent" if sender == receiver else "cross"
+            tag = f"{conditioning.value} {sender} -> {receiver}"
+            soft = soft_rows(system, receiver, latents[sender], config, progress, f"{tag} decode")
+            own = answers_from_soft(lm, soft, tails, config, progress, f"{tag} {mode}")
+            # example i reads the soft tokens of example permutation[i] (its own question after them)
+            shuffled = answers_from_soft(lm, [soft[j] for j in permutation], tails, config, progress, f"{tag} shuffled")
+            for i, example in enumerate(examples):
+                rows.append({**_row(example, receiver, sender, mode, own[i], example.id), "conditioning": conditioning.value})
+                rows.append({**_row(example, receiver, sender, "shuffled", shuffled[i], examples[permutation[i]].id),
+                             "conditioning": conditioning.value})
+    return rows
+
+
+# ---- summary ---------------------------------------------------------------------------------------
+def pair_scores(rows: Sequence[dict]) -> dict:
+    """``{conditioning: {receiver: {sender: {"latent"|"cross": scores, "shuffled": scores}}}}`` (×100)."""
+    out: dict = {}
+    for (conditioning, sender), group in _grouped(rows, ("conditioning", "sender")).items():
+        for receiver, modes in summarize(group).items():
+            out.setdefault(conditioning, {}).setdefault(receiver, {})[sender] = modes
+    return out
+
+
+def _grouped(rows: Sequence[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
+def information_flow(scores: dict, text: dict | None, margin: float = FLOW_MARGIN_F1) -> dict:
+    """Per conditioning and pair: latent F1, shuffled F1, the receiver's text F1 and the share kept, and
+    whether latent beats shuffled by ``margin``."""
+    verdicts: dict = {}
+    for conditioning, receivers in scores.items():
+        for receiver, senders in receivers.items():
+            for sender, modes in senders.items():
+                latent = modes["latent" if sender == receiver else "cross"]["f1"]
+                shuffled = modes["shuffled"]["f1"]
+                text_f1 = text[receiver]["text"]["f1"] if text and receiver in text else None
+                verdicts.setdefault(conditioning, {})[f"{sender} -> {receiver}"] = {
+                    "latent_f1": latent, "shuffled_f1": shuffled, "margin_f1": latent - shuffled,
+                    "text_f1": text_f1, "share_of_text": latent / text_f1 if text_f1 else None,
+                    "flows": latent >= shuffled + margin,
+                }
+    return verdicts
+
+
+def native_summary(system: InterlinguaSystem, rows: Sequence[dict], runs: dict, ids: Sequence[str],
+                   text_rows: Sequence[dict] | None, config: Config) -> dict:
+    text = summarize(r for r in text_rows or [] if r["mode"] == "text") if text_rows else None
+    scores = pair_scores(rows)
+    agreements, distances, messages = {}, {}, {}
+    for conditioning, (texts, latents) in runs.items():
+        own = {m: _predictions(rows, conditioning, m, m, ids) for m in system.lms}
+        per_sender = {a: agreement({b: _predictions(rows, conditioning, a, b, ids) for b in system.lms}) for a in system.lms}
+        agreements[conditioning] = {"own": agreement(own), "same_sender": per_sender}
+        summaries = {a: torch.stack([row.mean(0) for row in z]) for a, z in latents.items()}
+        distances[conditioning] = [{"a": a, "b": b, **interlingua_distance(summaries[a], summaries[b])}
+                                   for a, b in itertools.combinations(summaries, 2)]
+        messages[conditioning] = {a: message_sizes(z, texts, config) for a, z in latents.items()}
+    return {
+        "n": len(ids), "design": "native", "shuffle_seed": config.runtime.seed,
+        "trained_conditioning": system.model.spec.interlingua.conditioning.value,
+        "pool_window": str(system.model.spec.interlingua.pool_window),
+        "decoder": system.model.spec.interlingua.decoder.value,
+        "scores": scores, "information_flow": information_flow(scores, text), "text": text,
+        "agreement": agreements, "distance": distances, "messages": messages,
+        "bridge_fit": getattr(system.model, "bridge_metrics", None),
+    }
+
+
+def _predictions(rows: Sequence[dict], conditioning: str, sender: str, receiver: str, ids: Sequence[str]) -> list[str]:
+    found = {r["id"]: r["prediction"] for r in rows if r["conditioning"] == conditioning and r["sender"] == sender
+             and r["model"] == receiver and r["mode"] != "shuffled"}
+    return [found[i] for i in ids]
+
+
+def message_sizes(z_rows: list[Tensor], texts: Sequence[str], config: Config) -> dict:
+    """z positions and whole wire-message bytes per message (means), next to the text they replace."""
+    precision = Precision(config.compression.precision)
+    group = 0 if precision in FLOAT_DTYPES else config.compression.group_size
+    return {
+        "mean_z_positions": mean(len(z) for z in z_rows),
+        "wire_precision": precision.value,
+        "mean_wire_bytes": mean(message_size(tuple(z.shape), precision, group) for z in z_rows),
+        "mean_text_utf8_bytes": mean(utf8_bytes(t) for t in texts),
+        "mean_text_gzip_bytes": mean(gzip_bytes(t) for t in texts),
+    }
+
+
+def native_report_lines(native: dict) -> list[str]:
+    """The native sections of report.md: per conditioning, the pair table and the controls."""
+    from interlingua.eval.artifacts import markdown_table
+
+    lines = [f"Design: native (decoder `{native['decoder']}`, pool_window `{native['pool_window']}`, trained with "
+             f"`{native['trained_conditioning']}` conditioning). Every pair has its own shuffled-z row; a pair "
+             f"carries the context when latent ≥ shuffled + {FLOW_MARGIN_F1:g} F1.", ""]
+    for conditioning, pairs in native["information_flow"].items():
+        lines += [f"## {conditioning}: sender -> receiver", ""]
+        table = []
+        for pair, v in pairs.items():
+            share = f"{100 * v['share_of_text']:.0f} %" if v["share_of_text"] is not None else "–"
+            text_f1 = v["text_f1"] if v["text_f1"] is not None else "–"
+            table.append([pair, v["latent_f1"], v["shuffled_f1"], v["margin_f1"], text_f1, share,
+                          "yes" if v["flows"] else "no"])
+        lines += [markdown_table(["pair", "latent F1", "shuffled F1", "margin", "receiver text F1", "share of text",
+                                  "carries context"], table), ""]
+        agree = native["agreement"][conditioning]["own"]
+        lines += ["Agreement (own decodes): " + ", ".join(f"{a['a']} / {a['b']} {100 * a['share']:.1f} %" for a in agree)]
+        lines += ["Interlingua distance (masked-mean summaries): " + ", ".join(
+            f"{d['a']} / {d['b']} cos {d['mean_cosine']:.3f}, L2 {d['mean_l2']:.2f}" for d in native["distance"][conditioning])]
+        for sender, m in native["messages"][conditioning].items():
+            lines.append(f"Messages from {sender}: {m['mean_z_positions']:.1f} z positions, {m['mean_wire_bytes']:.0f} B "
+                         f"({m['wire_precision']}) for {m['mean_text_utf8_bytes']:.0f} B UTF-8 / "
+                         f"{m['mean_text_gzip_bytes']:.0f} B gzip of text")
+        lines.append("")
+    fit = native.get("bridge_fit")
+    if fit:
+        lines += ["## Vocabulary bridge (held-out shared strings)", "",
+                  f"Shared token strings: {fit['shared_strings']} (vocabularies: "
+                  + ", ".join(f"{k} {v}" for k, v in fit["vocabulary"].items()) + f"); held out {fit['held_out']}.", ""]
+        table = [[pair, v["shared_cosine"], v["nn1"], v["decoded_cosine"], v["vocab_nn1"]]
+                 for pair, v in {**fit["pairs"], **{f"{k} (own)": v for k, v in fit["own"].items()}}.items()]
+        lines += [markdown_table(["pair", "cos(P_a x_a, P_b x_b)", "nn@1 (held-out)", "cos(Q_b P_a x_a, x_b)",
+                                  "vocab nn@1"], [[r[0], *(f"{x:.3f}" for x in r[1:])] for r in table]), ""]
+    return lines

@@ -1,0 +1,285 @@
+"""The native interlingua (DESIGN §8) on tiny models: the vocabulary bridge and its cache, step 0 equal to
+the fitted bridge, window pooling, the receiver prefix, checkpoints, training and evaluation with N = 3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interlingua.bridge.fit import (
+    BRIDGE_METRICS_FILE, BridgeSettings, bridge_cache_key, fit_bridge, load_or_fit_bridge, unit_embeddings,
+)
+from interlingua.bridge.vocab import id_bytes, shared_strings, token_bytes
+from interlingua.config import ConfigError, ModelConfig, PromptFormat, config_from_dict, config_to_dict, load_config
+from interlingua.data.prompts import context_prompt, question_suffix, text_prompt
+from interlingua.eval.jobs import eval_job
+from interlingua.models.frozen_lm import FrozenLM
+from interlingua.models.interlingua import InterlinguaModel
+from interlingua.models.native import Latent, NativeInterlingua, WindowPool
+from interlingua.pipeline import InterlinguaSystem
+from interlingua.training.recipe import initial_model, train
+from tests.conftest import SQUAD_MINI
+
+THREE = ("tiny-llama", "tiny-qwen2", "tiny-gemma")
+TEXTS = ["Context: The river flows through the old city.", "Context: In 1905 the scientist published four papers."]
+
+
+@pytest.fixture(scope="module")
+def three_lms():
+    formats = {"tiny-llama": PromptFormat.RAW, "tiny-qwen2": PromptFormat.CHAT, "tiny-gemma": PromptFormat.RAW}
+    return {key: FrozenLM.load(ModelConfig(key, formats[key])) for key in THREE}
+
+
+def native_config(*overrides: str):
+    """The tiny config with the native design and a third model (tiny-gemma)."""
+    data = config_to_dict(load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native"]))
+    data["models"].append({"spec": "tiny-gemma", "prompt_format": "raw"})
+    return config_from_dict(data, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def three_system(three_lms):
+    from interlingua.models.encoder import SentenceEncoder
+
+    config = native_config()
+    encoder = SentenceEncoder(config.encoder)
+    torch.manual_seed(0)
+    model = initial_model(config, three_lms, encoder)
+    return InterlinguaSystem(model, three_lms, encoder), config
+
+
+# ---- vocabulary ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", THREE)
+def test_token_bytes_spell_the_text_back(three_lms, key):
+    """Concatenating the normalised bytes of a text's tokens gives the text: Ġ, ▁ and <0xNN> decoded alike."""
+    tokenizer = three_lms[key].tokenizer
+    text = "Hello the river, café 1905 — naïve?"
+    names = id_bytes(tokenizer)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert b"".join(names[i] for i in ids) == text.encode("utf-8")
+    assert all(i not in names for i in tokenizer.all_special_ids)
+
+
+def test_shared_strings_meet_across_schemes(three_lms):
+    tables = [token_bytes(lm.tokenizer) for lm in three_lms.values()]
+    shared = shared_strings([lm.tokenizer for lm in three_lms.values()])
+    assert shared == sorted(set(tables[0]) & set(tables[1]) & set(tables[2]))
+    # tiny-llama holds all 256 bytes; tiny-gemma reaches each through <0xNN>; tiny-qwen2 through its byte alphabet
+    assert len(shared) == 256 and b"\xc3" in shared
+    gemma = three_lms["tiny-gemma"].tokenizer
+    assert gemma.convert_ids_to_tokens(token_bytes(gemma)[b"\xc3"]) == "<0xC3>"
+    assert gemma.convert_ids_to_tokens(token_bytes(gemma)[b" the"]) == "\u2581the"  # a regular token wins
+
+
+# ---- the fit and its cache --------------------------------------------------------------------------
+def test_fit_reports_quality_and_round_trips_own_vocabulary(three_lms):
+    fit = fit_bridge(three_lms, BridgeSettings(d_inter=32))
+    metrics = fit.metrics
+    assert metrics["shared_strings"] == 256 and metrics["models"] == list(THREE)
+    assert len(metrics["pairs"]) == 6 and set(metrics["own"]) == set(THREE)
+    for key in THREE:  # d_inter=32 is below every width: still each token's own key is its nearest
+        assert metrics["own"][key]["vocab_nn1"] == 1.0
+        assert fit.encoders[key].weight.shape == (32, three_lms[key].hidden_size)
+        assert fit.decoders[key].weight.shape == (three_lms[key].hidden_size, 32)
+    json.dumps(metrics)
+
+
+def test_fit_refuses_a_width_above_the_models(three_lms):
+    with pytest.raises(ValueError, match="exceeds the models' summed widths"):
+        fit_bridge(three_lms, BridgeSettings(d_inter=1000))
+    with pytest.raises(ValueError, match="share only"):
+        fit_bridge(three_lms, BridgeSettings(d_inter=100))
+
+
+def test_cached_fit_is_reused_and_rebuilt_when_a_model_changes(tmp_path, monkeypatch):
+    lms = {key: FrozenLM.load(ModelConfig(key, PromptFormat.RAW)) for key in ("tiny-llama", "tiny-gemma")}
+    settings = BridgeSettings(d_inter=16)
+    first = load_or_fit_bridge(lms, settings, cache_dir=tmp_path)
+    calls = []
+    import interlingua.bridge.fit as fit_module
+
+    real_fit = fit_module.fit_bridge
+    monkeypatch.setattr(fit_module, "fit_bridge", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    again = load_or_fit_bridge(lms, settings, cache_dir=tmp_path)
+    assert not calls
+    torch.testing.assert_close(again.encoders["tiny-llama"].weight, first.encoders["tiny-llama"].weight)
+    key_before = bridge_cache_key(lms, settings)
+    with torch.no_grad():  # a changed model (e.g. another quantisation) must not read the old fit
+        lms["tiny-gemma"].model.get_input_embeddings().weight.mul_(1.5).add_(0.01)
+    lms["tiny-gemma"].__dict__.pop("embedding_rms", None)
+    assert bridge_cache_key(lms, settings) != key_before
+    refit = load_or_fit_bridge(lms, settings, cache_dir=tmp_path)
+    assert calls == [1]
+    assert not torch.equal(refit.encoders["tiny-gemma"].weight, first.encoders["tiny-gemma"].weight)
+    assert bridge_cache_key(lms, BridgeSettings(d_inter=8)) != bridge_cache_key(lms, settings)
+    (tmp_path / bridge_cache_key(lms, settings) / BRIDGE_METRICS_FILE).write_text("{broken")
+    load_or_fit_bridge(lms, settings, cache_dir=tmp_path)  # a damaged cache entry is fitted again
+    assert calls == [1, 1]
+
+
+# ---- step 0 = the fitted bridge ----------------------------------------------------------------------
+def _embedded(lm, texts):
+    ids, mask = lm.tokenize_plain(texts)
+    return lm.embed(ids).float(), mask
+
+
+def test_step_zero_encoder_is_the_fitted_map(three_system):
+    system, _ = three_system
+    fit = load_or_fit_bridge(system.lms, BridgeSettings(d_inter=system.model.spec.interlingua.d_inter))
+    for key, lm in system.lms.items():
+        embeddings, mask = _embedded(lm, TEXTS)
+        with torch.no_grad():
+            latent = system.encode(key, TEXTS, system.anchor(TEXTS))
+        expected = fit.encode(key, embeddings / lm.embedding_rms) * mask.unsqueeze(-1)
+        assert isinstance(latent, Latent) and torch.equal(latent.mask, mask)
+        torch.testing.assert_close(latent.z, expected, rtol=0, atol=0)  # refiner output projection starts at 0
+
+
+def test_step_zero_vocabulary_decoder_returns_own_embeddings(three_system):
+    """Own decoding at step 0 reproduces the receiver's own token embeddings (nearest key = the token)."""
+    system, _ = three_system
+    for key, lm in system.lms.items():
+        embeddings, mask = _embedded(lm, TEXTS)
+        with torch.no_grad():
+            soft = system.model.soft_prompt(key, system.encode(key, TEXTS, system.anchor(TEXTS)))
+        torch.testing.assert_close(soft.embeddings[mask], embeddings[mask], rtol=1e-4, atol=1e-5 * lm.embedding_rms)
+
+
+def test_step_zero_linear_decoder_is_the_fitted_map(three_lms):
+    from interlingua.models.encoder import SentenceEncoder
+
+    config = native_config("interlingua.decoder=linear")
+    encoder = SentenceEncoder(config.encoder)
+    model = initial_model(config, three_lms, encoder)
+    fit = load_or_fit_bridge(three_lms, BridgeSettings(d_inter=config.interlingua.d_inter))
+    system = InterlinguaSystem(model, three_lms, encoder)
+    lm = three_lms["tiny-gemma"]
+    with torch.no_grad():
+        latent = system.encode("tiny-llama", TEXTS, system.anchor(TEXTS))
+        soft = model.soft_prompt("tiny-gemma", latent)
+    expected = fit.decode("tiny-gemma", latent.z) * lm.embedding_rms * latent.mask.unsqueeze(-1)
+    torch.testing.assert_close(soft.embeddings, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_tokens_of_own_embeddings_read_like_the_text_prompt(tiny_lms):
+    """head + own embeddings of ``Context: …`` + question suffix + tail = the text baseline's prompt."""
+    for lm in tiny_lms.values():
+        question = "Where does the river flow?"
+        embeddings, mask = _embedded(lm, TEXTS[:1])
+        prefix = lm.soft_tokens_prefix(embeddings, mask, [question_suffix(question)])
+        text = lm.text_prefix([text_prompt(TEXTS[0].removeprefix("Context: "), question)])
+        assert prefix.embeddings.shape == text.embeddings.shape
+        torch.testing.assert_close(prefix.embeddings, text.embeddings)
+        assert lm.generate(prefix, 4) == lm.generate(text, 4)
+    assert context_prompt("x") == "Context: x"
+
+
+def test_window_pool_starts_as_the_mean_and_respects_the_mask():
+    z = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    pooled, pooled_mask = WindowPool(2)(z, mask)
+    assert pooled.shape == (2, 3, 3) and pooled_mask.tolist() == [[True, True, True], [True, True, False]]
+    torch.testing.assert_close(pooled[0, 0], z[0, :2].mean(0))
+    torch.testing.assert_close(pooled[0, 2], z[0, 4])  # a partial window averages its real members
+    torch.testing.assert_close(pooled[1, 1], z[1, 2])
+    whole, whole_mask = WindowPool(None)(z, mask)
+    torch.testing.assert_close(whole[1, 0], z[1, :3].mean(0))
+    assert whole.shape == (2, 1, 3) and whole_mask.all()
+    one, _ = WindowPool(1)(z, mask)
+    assert one is z
+
+
+def test_pool_window_config_is_checked():
+    with pytest.raises(ConfigError, match="interlingua.pool_window"):
+        load_config("tiny", ["interlingua.pool_window=zero"])
+    assert load_config("tiny", ["interlingua.pool_window=all"]).interlingua.pool_size is None
+    assert load_config("tiny", ["interlingua.pool_window=4"]).interlingua.pool_size == 4
+    with pytest.raises(ConfigError, match="eval.conditionings"):
+        load_config("tiny", ["eval.conditionings=[sideways]"])
+
+
+def test_native_checkpoint_round_trip(three_system, tmp_path):
+    system, _ = three_system
+    system.model.save_pretrained(tmp_path / "step_000000")
+    loaded = InterlinguaModel.from_pretrained(tmp_path / "step_000000")
+    assert isinstance(loaded, NativeInterlingua)
+    assert loaded.bridge_metrics == system.model.bridge_metrics
+    for name, tensor in system.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    loaded.attach_vocabularies(system.lms)
+    latent = system.encode("tiny-qwen2", TEXTS, system.anchor(TEXTS))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.soft_prompt("tiny-gemma", latent).embeddings,
+                                   system.model.soft_prompt("tiny-gemma", latent).embeddings)
+
+
+def test_decoding_batched_equals_one_at_a_time(three_system):
+    system, _ = three_system
+    with torch.no_grad():
+        latent = system.encode("tiny-gemma", TEXTS, system.anchor(TEXTS))
+        batched = system.model.soft_prompt("tiny-llama", latent)
+        for i in range(len(TEXTS)):
+            alone = system.model.soft_prompt("tiny-llama", Latent.from_rows([latent.rows()[i]]))
+            torch.testing.assert_close(batched.embeddings[i][batched.mask[i]], alone.embeddings[0][alone.mask[0]])
+
+
+# ---- training and evaluation, N = 3 ------------------------------------------------------------------
+@pytest.mark.slow
+def test_three_models_train_every_pair_and_evaluate(tmp_path):
+    config = native_config("train.steps=2", "train.save_every=2", "eval.limit=4", "loss.w_rec=0.5",
+                           "pretrain.tokens=8", f"runtime.output_dir={tmp_path / 'run'}")
+    final = train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"gen", "kd", "rec", "align"} <= set(rows[0]["loss"])
+    out = eval_job(final, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    flow = metrics["native"]["information_flow"]
+    assert set(flow) == {"hybrid", "full"}
+    assert len(flow["hybrid"]) == 9  # every (sender, receiver) pair, cross pairs included
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    shuffled = {(r["sender"], r["model"], r["conditioning"]) for r in predictions if r["mode"] == "shuffled"}
+    assert len(shuffled) == 18  # a shuffled-z row for every pair in both conditionings
+    assert (out / "cross_decode_hybrid.png").is_file()
+    assert "Vocabulary bridge" in (out / "report.md").read_text()
+
+
+def test_training_changes_only_the_residual_branches_when_maps_are_fixed(three_lms, tmp_path):
+    config = native_config("train.steps=1", "train.save_every=1", "interlingua.train_maps=false",
+                           f"runtime.output_dir={tmp_path / 'run'}")
+    final = train(config, tmp_path / "run", progress=False)
+    trained = InterlinguaModel.from_pretrained(final)
+    fit = load_or_fit_bridge(three_lms, BridgeSettings(d_inter=config.interlingua.d_inter))
+    for key in THREE:
+        torch.testing.assert_close(trained.encoders[key].weight, fit.encoders[key].weight, rtol=0, atol=0)
+    assert trained.refiner.out_proj.weight.abs().sum() > 0  # the residual branch moved off zero
+    assert unit_embeddings(three_lms["tiny-llama"]).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_wire_commands_refuse_a_native_checkpoint(three_system, tmp_path):
+    from interlingua.config import save_config
+    from interlingua.models.interlingua import CheckpointError
+    from interlingua.wire.service import encode_texts
+
+    system, config = three_system
+    system.model.save_pretrained(tmp_path / "step_000000")
+    save_config(config, tmp_path / "config.yaml")
+    with pytest.raises(CheckpointError, match="native-design"):
+        encode_texts(tmp_path / "step_000000", ["Context: x"], sender="tiny-llama")
+
+
+def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, capsys):
+    from interlingua.cli import main
+
+    out = tmp_path / "bridge"
+    assert main(["bridge", "--config", "tiny", "interlingua.design=native", f"data.source={SQUAD_MINI}",
+                 "-o", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert '"shared_strings"' in printed and "step_000000" in printed
+    assert main(["eval", "--checkpoint", str(out / "step_000000"), "--limit", "3", "eval.conditionings=[hybrid]",
+                 "-q"]) == 0
+    metrics = json.loads((out / "eval" / "step_000000" / "metrics.json").read_text())
+    assert set(metrics["native"]["information_flow"]) == {"hybrid"}
+    assert metrics["native"]["bridge_fit"]["models"] == ["tiny-llama", "tiny-qwen2"]
+    assert main(["bridge", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(out)]) == 2  # pooled design
