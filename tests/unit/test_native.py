@@ -283,3 +283,25 @@ def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, 
     assert set(metrics["native"]["information_flow"]) == {"hybrid"}
     assert metrics["native"]["bridge_fit"]["models"] == ["tiny-llama", "tiny-qwen2"]
     assert main(["bridge", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(out)]) == 2  # pooled design
+
+
+def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp_path, monkeypatch):
+    import interlingua.eval.native as native_eval
+    from interlingua.config import replace
+
+    real_decode_pair = native_eval.decode_pair
+    from interlingua.eval.jobs import validation_examples
+
+    system, config = three_system
+    config = config_from_dict(config_to_dict(config), ["eval.limit=3", "eval.conditionings=[hybrid]"])
+    examples = validation_examples(config)
+    rows, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.jsonl"))) == 9
+    monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: pytest.fail("a finished pass was decoded again"))
+    again, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
+    assert again == rows
+    calls = []
+    monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: calls.append(1) or real_decode_pair(*a, **k))
+    other = replace(config, eval=config_from_dict(config_to_dict(config), ["eval.max_new_tokens=2"]).eval)
+    native_eval.evaluate_native(system, examples, other, progress=False, passes_dir=tmp_path)
+    assert len(calls) == 9  # other decoding settings: nothing stale is read

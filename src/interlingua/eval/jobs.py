@@ -123,9 +123,13 @@ def eval_job(
     return out_dir
 
 
+NATIVE_PASSES_SUBDIR = "passes"  # finished (conditioning, sender, receiver) passes: a stopped eval resumes
+
+
 def _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir, progress) -> Path:
     """eval_job for the native design: every pair under each of ``eval.conditionings`` (eval/native.py)."""
-    native_rows, native = evaluate_native(system, examples, config, text_rows=baseline_rows, progress=progress)
+    native_rows, native = evaluate_native(system, examples, config, text_rows=baseline_rows, progress=progress,
+                                          passes_dir=out_dir / NATIVE_PASSES_SUBDIR)
     baselines = summarize(baseline_rows)
     metrics = {
         "run": info, "n": len(examples),

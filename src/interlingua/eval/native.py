@@ -18,6 +18,9 @@ that survives, the information-flow margin per pair (latent − shuffled), agree
 from __future__ import annotations
 
 import itertools
+import json
+import re
+from pathlib import Path
 from statistics import mean
 from typing import Sequence
 
@@ -27,11 +30,11 @@ from torch import Tensor
 from interlingua.config import Conditioning, Config, ConfigError, Precision
 from interlingua.data.prompts import question_suffix, sender_prompt
 from interlingua.data.squad import SquadExample
-from interlingua.eval.artifacts import gzip_bytes, utf8_bytes
+from interlingua.eval.artifacts import gzip_bytes, utf8_bytes, write_json, write_jsonl
 from interlingua.eval.baselines import summarize
 from interlingua.eval.generation import generate_batched
 from interlingua.eval.latent import _eval_mode, _row, agreement, derangement, interlingua_distance, received_z
-from interlingua.models.native import Latent, summary as latent_summary_vector
+from interlingua.models.native import Latent
 from interlingua.pipeline import InterlinguaSystem
 from interlingua.wire.message import message_size
 from interlingua.wire.quantize import FLOAT_DTYPES
@@ -40,15 +43,60 @@ FLOW_MARGIN_F1 = 3.0
 """F1 points a pair's latent row must beat its own shuffled-z row by (issue #15's target)."""
 
 
+class PassStore:
+    """The rows of each finished (conditioning, sender, receiver) pass, kept in ``directory`` so that a
+    stopped evaluation (an n = 1000 run takes hours on a CPU) resumes where it was.
+
+    ``settings`` names everything the rows depend on (checkpoint fingerprint, examples, decoding, wire);
+    a folder written under other settings is emptied first, so stale rows are never read.
+    """
+
+    def __init__(self, directory: Path | None, settings: dict):
+        self.directory = None if directory is None else Path(directory)
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = self.directory / "settings.json"
+        if not stamp.is_file() or json.loads(stamp.read_text()) != settings:
+            for old in self.directory.glob("*.jsonl"):
+                old.unlink()
+            write_json(stamp, settings)
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.jsonl"
+
+    def get(self, name: str) -> list[dict] | None:
+        if self.directory is None or not self._path(name).is_file():
+            return None
+        return [json.loads(line) for line in self._path(name).read_text().splitlines()]
+
+    def put(self, name: str, rows: list[dict]) -> None:
+        if self.directory is not None:
+            write_jsonl(self._path(name), rows)
+
+
+def pass_settings(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> dict:
+    """What the rows of a pass depend on besides its (conditioning, sender, receiver)."""
+    return {
+        "fingerprint": system.model.fingerprint(), "ids": [e.id for e in examples],
+        "max_new_tokens": config.eval.max_new_tokens, "max_prompt_tokens": config.data.max_prompt_tokens,
+        "precision": Precision(config.compression.precision).value, "group_size": config.compression.group_size,
+        "seed": config.runtime.seed, "formats": {k: lm.prompt_format.value for k, lm in system.lms.items()},
+    }
+
+
 def evaluate_native(
     system: InterlinguaSystem,
     examples: Sequence[SquadExample],
     config: Config,
     text_rows: Sequence[dict] | None = None,
     progress: bool = True,
+    passes_dir: Path | None = None,
 ) -> tuple[list[dict], dict]:
     """All rows and the summary (module docstring).
 
+    Args:
+        passes_dir: keep each finished pass here and reuse the ones a stopped run left (see :class:`PassStore`).
     Raises:
         ConfigError: fewer than 2 examples (no shuffled control).
     """
@@ -56,11 +104,12 @@ def evaluate_native(
         raise ConfigError(f"the shuffled-z control needs at least 2 examples, got {len(examples)}; raise eval.limit")
     rows: list[dict] = []
     runs = {}
+    store = PassStore(passes_dir, pass_settings(system, examples, config))
     with _eval_mode(system.model):
         for conditioning in (Conditioning(c) for c in config.eval.conditionings):
             texts = sent_texts(system, examples, config, conditioning)
             latents = {a: received_rows(encode_rows(system, a, texts, config, progress), config) for a in system.lms}
-            rows += decode_all(system, examples, latents, conditioning, config, progress)
+            rows += decode_all(system, examples, latents, conditioning, config, progress, store)
             runs[conditioning.value] = (texts, latents)
     return rows, native_summary(system, rows, runs, [e.id for e in examples], text_rows, config)
 
@@ -118,23 +167,41 @@ def answers_from_soft(lm, soft: list[Tensor], tails: list[str], config: Config, 
 
 
 def decode_all(system: InterlinguaSystem, examples: Sequence[SquadExample], latents: dict[str, list[Tensor]],
-               conditioning: Conditioning, config: Config, progress: bool) -> list[dict]:
-    """latent / cross and shuffled rows of every (sender, receiver) pair under one conditioning."""
+               conditioning: Conditioning, config: Config, progress: bool, store: PassStore | None = None) -> list[dict]:
+    """latent / cross and shuffled rows of every (sender, receiver) pair under one conditioning; passes
+    ``store`` already holds are read, not decoded again."""
     permutation = derangement(len(examples), config.runtime.seed)
     tails = suffixes(examples, conditioning)
     rows = []
     for receiver, lm in system.lms.items():
         for sender in system.lms:
-            mode = "latent" if sender == receiver else "cross"
             tag = f"{conditioning.value} {sender} -> {receiver}"
-            soft = soft_rows(system, receiver, latents[sender], config, progress, f"{tag} decode")
-            own = answers_from_soft(lm, soft, tails, config, progress, f"{tag} {mode}")
-            # example i reads the soft tokens of example permutation[i] (its own question after them)
-            shuffled = answers_from_soft(lm, [soft[j] for j in permutation], tails, config, progress, f"{tag} shuffled")
-            for i, example in enumerate(examples):
-                rows.append({**_row(example, receiver, sender, mode, own[i], example.id), "conditioning": conditioning.value})
-                rows.append({**_row(example, receiver, sender, "shuffled", shuffled[i], examples[permutation[i]].id),
-                             "conditioning": conditioning.value})
+            done = store.get(tag) if store is not None else None
+            if done is None:
+                done = decode_pair(system, examples, latents[sender], sender, receiver, conditioning, tails,
+                                   permutation, config, progress)
+                if store is not None:
+                    store.put(tag, done)
+            rows += done
+    return rows
+
+
+def decode_pair(system: InterlinguaSystem, examples: Sequence[SquadExample], z_rows: list[Tensor], sender: str,
+                receiver: str, conditioning: Conditioning, tails: list[str], permutation: list[int], config: Config,
+                progress: bool) -> list[dict]:
+    """The latent/cross rows and the shuffled rows of one pair."""
+    lm = system.lms[receiver]
+    mode = "latent" if sender == receiver else "cross"
+    tag = f"{conditioning.value} {sender} -> {receiver}"
+    soft = soft_rows(system, receiver, z_rows, config, progress, f"{tag} decode")
+    own = answers_from_soft(lm, soft, tails, config, progress, f"{tag} {mode}")
+    # example i reads the soft tokens of example permutation[i] (its own question after them)
+    shuffled = answers_from_soft(lm, [soft[j] for j in permutation], tails, config, progress, f"{tag} shuffled")
+    rows = []
+    for i, example in enumerate(examples):
+        rows.append({**_row(example, receiver, sender, mode, own[i], example.id), "conditioning": conditioning.value})
+        rows.append({**_row(example, receiver, sender, "shuffled", shuffled[i], examples[permutation[i]].id),
+                     "conditioning": conditioning.value})
     return rows
 
 

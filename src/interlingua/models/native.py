@@ -67,10 +67,6 @@ class Latent:
             z[i, : len(row)], mask[i, : len(row)] = row, True
         return cls(z, mask)
 
-    def index(self, indices) -> "Latent":
-        return Latent.from_rows([self.rows()[i] for i in indices]) if not isinstance(indices, slice) else \
-            Latent(self.z[indices], self.mask[indices])
-
     def to(self, device) -> "Latent":
         return Latent(self.z.to(device), self.mask.to(device))
 

@@ -219,6 +219,12 @@ def batch_loss(
         terms["gen"] = torch.stack(gen).sum()
     if kd:
         terms["kd"] = torch.stack(kd).sum()
+    return _with_z_terms(terms, zs, anchor_target, config, example_share, l1, soft_prompts)
+
+
+def _with_z_terms(terms: dict[str, Tensor], zs: dict[str, Tensor], anchor_target: Tensor, config: LossConfig,
+                  example_share: float, l1: float, soft_prompts: dict[str, Tensor]) -> StepLoss:
+    """Add the terms on z (align, sem, nce, l1; weighted by the example share) to the token terms and combine."""
     if config.w_align:
         terms["align"] = alignment_loss(zs) * example_share
     if config.w_sem:
@@ -272,18 +278,8 @@ def native_batch_loss(
     summaries = {key: summary(latent) for key, latent in latents.items()}  # (B, d_inter)
     terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in (("gen", gen), ("kd", kd), ("rec", rec))
                                 if parts}
-    if config.w_align:
-        terms["align"] = alignment_loss(summaries) * example_share
-    if config.w_sem:
-        terms["sem"] = semantic_anchor_loss(summaries, anchor_target) * example_share
-    if config.w_nce:
-        terms["nce"] = contrastive_loss(summaries, config.nce_temperature) * example_share
-    if l1:
-        terms["l1"] = l1_penalty(summaries) * example_share
-    total = combine_losses(terms, config, extra_weights={"l1": l1})
-    floats = {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
     own = {key: soft[(key, key)].embeddings for key in system.lms}
-    return StepLoss(total, floats, _detached(summaries), _detached(own))
+    return _with_z_terms(terms, summaries, anchor_target, config, example_share, l1, own)
 
 
 def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:
