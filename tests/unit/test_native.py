@@ -295,8 +295,12 @@ def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp
     system, config = three_system
     config = config_from_dict(config_to_dict(config), ["eval.limit=3", "eval.conditionings=[hybrid]"])
     examples = validation_examples(config)
-    rows, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
+    rows, summary = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
     assert len(list(tmp_path.glob("*.jsonl"))) == 9
+    table = native_eval.finished_passes_table(tmp_path).splitlines()
+    assert len(table) == 2 + 9
+    own = summary["information_flow"]["hybrid"]["tiny-gemma -> tiny-gemma"]
+    assert f"| {own['latent_f1']:.1f} | {own['shuffled_f1']:.1f} |" in next(r for r in table if "tiny-gemma -> tiny-gemma" in r)
     monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: pytest.fail("a finished pass was decoded again"))
     again, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
     assert again == rows
@@ -305,3 +309,24 @@ def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp
     other = replace(config, eval=config_from_dict(config_to_dict(config), ["eval.max_new_tokens=2"]).eval)
     native_eval.evaluate_native(system, examples, other, progress=False, passes_dir=tmp_path)
     assert len(calls) == 9  # other decoding settings: nothing stale is read
+
+
+def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from interlingua.eval.native import PassStore
+
+    passes = tmp_path / "eval" / "passes"
+    store = PassStore(passes, {"fingerprint": "abc"})
+    row = {"id": "q1", "model": "tiny-gemma", "sender": "tiny-llama", "conditioning": "hybrid", "f1": 1.0}
+    store.put("hybrid tiny-llama -> tiny-gemma", [{**row, "mode": "cross"}, {**row, "mode": "shuffled", "f1": 0.0}])
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    (baselines / "predictions.jsonl").write_text(json.dumps({"id": "q1", "model": "tiny-gemma", "mode": "text", "f1": 0.5}))
+    script = str(SQUAD_MINI.parents[2] / "scripts" / "publish_native_passes.py")
+    monkeypatch.setattr(sys, "argv", [script, str(tmp_path / "eval"), str(tmp_path / "out"), "--baselines", str(baselines)])
+    runpy.run_path(script, run_name="__main__")
+    assert (tmp_path / "out" / "passes" / "settings.json").is_file()
+    table = (tmp_path / "out" / "passes.md").read_text()
+    assert "| hybrid | tiny-llama -> tiny-gemma | 1 | 100.0 | 0.0 | 100.0 | 50.0 | 200 % |" in table

@@ -75,6 +75,30 @@ class PassStore:
             write_jsonl(self._path(name), rows)
 
 
+def finished_passes_table(passes_dir: Path, text_rows: Sequence[dict] | None = None) -> str:
+    """Markdown table of the passes a (possibly unfinished) evaluation has written so far: per pass its
+    n, latent/cross F1, its own shuffled-z F1, the margin and the share of the receiver's text F1 on the
+    same examples (from ``text_rows``, the ``text`` mode rows of a baselines run)."""
+    from interlingua.eval.artifacts import markdown_table
+
+    rows = [json.loads(line) for path in sorted(Path(passes_dir).glob("*.jsonl")) for line in path.read_text().splitlines()]
+    if not rows:
+        return f"no finished pass in {passes_dir} yet"
+    by_id = {(r["model"], r["id"]): r["f1"] for r in text_rows or [] if r["mode"] == "text"}
+    table = []
+    for (conditioning, sender, receiver), group in sorted(_grouped(rows, ("conditioning", "sender", "model")).items()):
+        read = [r for r in group if r["mode"] != "shuffled"]
+        latent = 100 * mean(r["f1"] for r in read)
+        shuffled = 100 * mean(r["f1"] for r in group if r["mode"] == "shuffled")
+        text = [by_id[(receiver, r["id"])] for r in read if (receiver, r["id"]) in by_id]
+        text_f1 = 100 * mean(text) if len(text) == len(read) else None
+        table.append([conditioning, f"{sender} -> {receiver}", len(read), latent, shuffled, latent - shuffled,
+                      "–" if text_f1 is None else text_f1,
+                      "–" if not text_f1 else f"{100 * latent / text_f1:.0f} %"])
+    return markdown_table(["conditioning", "pair", "n", "latent F1", "shuffled F1", "margin", "receiver text F1",
+                           "share of text"], table)
+
+
 def pass_settings(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> dict:
     """What the rows of a pass depend on besides its (conditioning, sender, receiver)."""
     return {
