@@ -300,7 +300,8 @@ def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp
     table = native_eval.finished_passes_table(tmp_path).splitlines()
     assert len(table) == 2 + 9
     own = summary["information_flow"]["hybrid"]["tiny-gemma -> tiny-gemma"]
-    assert f"| {own['latent_f1']:.1f} | {own['shuffled_f1']:.1f} |" in next(r for r in table if "tiny-gemma -> tiny-gemma" in r)
+    own_row = next(r for r in table if "tiny-gemma -> tiny-gemma" in r)
+    assert f"| {own['latent_f1']:.1f} | {own['shuffled_f1']:.1f} |" in own_row
     monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: pytest.fail("a finished pass was decoded again"))
     again, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
     assert again == rows
@@ -323,9 +324,11 @@ def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monke
     store.put("hybrid tiny-llama -> tiny-gemma", [{**row, "mode": "cross"}, {**row, "mode": "shuffled", "f1": 0.0}])
     baselines = tmp_path / "baselines"
     baselines.mkdir()
-    (baselines / "predictions.jsonl").write_text(json.dumps({"id": "q1", "model": "tiny-gemma", "mode": "text", "f1": 0.5}))
+    text_row = {"id": "q1", "model": "tiny-gemma", "mode": "text", "f1": 0.5}
+    (baselines / "predictions.jsonl").write_text(json.dumps(text_row))
     script = str(SQUAD_MINI.parents[2] / "scripts" / "publish_native_passes.py")
-    monkeypatch.setattr(sys, "argv", [script, str(tmp_path / "eval"), str(tmp_path / "out"), "--baselines", str(baselines)])
+    argv = [script, str(tmp_path / "eval"), str(tmp_path / "out"), "--baselines", str(baselines)]
+    monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(script, run_name="__main__")
     assert (tmp_path / "out" / "passes" / "settings.json").is_file()
     table = (tmp_path / "out" / "passes.md").read_text()

@@ -164,7 +164,9 @@ def fit_bridge(lms: dict, settings: BridgeSettings) -> BridgeFit:
     keys = list(lms)
     widths = {key: lm.hidden_size for key, lm in lms.items()}
     if settings.d_inter > sum(widths.values()):
-        raise ValueError(f"interlingua.d_inter={settings.d_inter} exceeds the models' summed widths {sum(widths.values())}")
+        raise ValueError(
+            f"interlingua.d_inter={settings.d_inter} exceeds the models' summed widths {sum(widths.values())}"
+        )
     names = {key: id_bytes(lm.tokenizer) for key, lm in lms.items()}  # id -> bytes, non-special ids
     tables = {key: token_bytes(lms[key].tokenizer, names[key]) for key in keys}  # bytes -> id
     strings = shared_strings(tables=list(tables.values()))
@@ -210,7 +212,8 @@ def measure(fit: BridgeFit, names: dict, row_ids: dict, held: Tensor, embeddings
 
     ``shared_cosine``: cos(P_a x_a, P_b x_b); ``nn1``: P_a x_a's nearest P_b x_b among the held-out
     strings is the same string; ``decoded_cosine``: cos(Q_b P_a x_a, x_b); ``vocab_nn1``: the nearest key
-    over the receiver's whole vocabulary, for the first VOCAB_PROBE held-out strings (what the vocabulary decoder at zero temperature picks) decodes
+    over the receiver's whole vocabulary, for the first VOCAB_PROBE held-out strings (what the vocabulary
+    decoder at zero temperature picks) decodes
     to the same bytes. ``own``: the same for a = b (round trip over the model's own held-out strings).
     """
     keys = list(names)
@@ -227,7 +230,8 @@ def measure(fit: BridgeFit, names: dict, row_ids: dict, held: Tensor, embeddings
             picked = key_ids[_nearest(F.normalize(sent[: len(probe)], dim=-1), vocab_keys)]
             result = {
                 "shared_cosine": F.cosine_similarity(sent, fit.encode(b, rows[b][held]), dim=-1).mean().item(),
-                "nn1": (_nearest(F.normalize(sent, dim=-1), held_keys) == torch.arange(len(held))).float().mean().item(),
+                "nn1": (_nearest(F.normalize(sent, dim=-1), held_keys) == torch.arange(len(held)))
+                .float().mean().item(),
                 "decoded_cosine": F.cosine_similarity(fit.decode(b, sent), rows[b][held], dim=-1).mean().item(),
                 "vocab_nn1": sum(names[b][int(p)] == t for p, t in zip(picked, target_bytes)) / len(probe),
             }

@@ -81,7 +81,8 @@ def finished_passes_table(passes_dir: Path, text_rows: Sequence[dict] | None = N
     same examples (from ``text_rows``, the ``text`` mode rows of a baselines run)."""
     from interlingua.eval.artifacts import markdown_table
 
-    rows = [json.loads(line) for path in sorted(Path(passes_dir).glob("*.jsonl")) for line in path.read_text().splitlines()]
+    rows = [json.loads(line) for path in sorted(Path(passes_dir).glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
     if not rows:
         return f"no finished pass in {passes_dir} yet"
     by_id = {(r["model"], r["id"]): r["f1"] for r in text_rows or [] if r["mode"] == "text"}
@@ -146,7 +147,9 @@ def sent_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], conf
     return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
 
 
-def encode_rows(system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool) -> list[Tensor]:
+def encode_rows(
+    system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool
+) -> list[Tensor]:
     """Each text read through ``sender`` -> its z, one ``(T_i, d_inter)`` fp32 CPU tensor per text."""
     def encode(batch: list[str]) -> list[Tensor]:
         with torch.no_grad():
@@ -191,7 +194,8 @@ def answers_from_soft(lm, soft: list[Tensor], tails: list[str], config: Config, 
 
 
 def decode_all(system: InterlinguaSystem, examples: Sequence[SquadExample], latents: dict[str, list[Tensor]],
-               conditioning: Conditioning, config: Config, progress: bool, store: PassStore | None = None) -> list[dict]:
+               conditioning: Conditioning, config: Config, progress: bool,
+               store: PassStore | None = None) -> list[dict]:
     """latent / cross and shuffled rows of every (sender, receiver) pair under one conditioning; passes
     ``store`` already holds are read, not decoded again."""
     permutation = derangement(len(examples), config.runtime.seed)
@@ -271,7 +275,8 @@ def native_summary(system: InterlinguaSystem, rows: Sequence[dict], runs: dict, 
     agreements, distances, messages = {}, {}, {}
     for conditioning, (texts, latents) in runs.items():
         own = {m: _predictions(rows, conditioning, m, m, ids) for m in system.lms}
-        per_sender = {a: agreement({b: _predictions(rows, conditioning, a, b, ids) for b in system.lms}) for a in system.lms}
+        per_sender = {a: agreement({b: _predictions(rows, conditioning, a, b, ids) for b in system.lms})
+                      for a in system.lms}
         agreements[conditioning] = {"own": agreement(own), "same_sender": per_sender}
         summaries = {a: torch.stack([row.mean(0) for row in z]) for a, z in latents.items()}
         distances[conditioning] = [{"a": a, "b": b, **interlingua_distance(summaries[a], summaries[b])}
@@ -325,11 +330,14 @@ def native_report_lines(native: dict) -> list[str]:
         lines += [markdown_table(["pair", "latent F1", "shuffled F1", "margin", "receiver text F1", "share of text",
                                   "carries context"], table), ""]
         agree = native["agreement"][conditioning]["own"]
-        lines += ["Agreement (own decodes): " + ", ".join(f"{a['a']} / {a['b']} {100 * a['share']:.1f} %" for a in agree)]
+        lines += ["Agreement (own decodes): "
+                  + ", ".join(f"{a['a']} / {a['b']} {100 * a['share']:.1f} %" for a in agree)]
         lines += ["Interlingua distance (masked-mean summaries): " + ", ".join(
-            f"{d['a']} / {d['b']} cos {d['mean_cosine']:.3f}, L2 {d['mean_l2']:.2f}" for d in native["distance"][conditioning])]
+            f"{d['a']} / {d['b']} cos {d['mean_cosine']:.3f}, L2 {d['mean_l2']:.2f}"
+            for d in native["distance"][conditioning])]
         for sender, m in native["messages"][conditioning].items():
-            lines.append(f"Messages from {sender}: {m['mean_z_positions']:.1f} z positions, {m['mean_wire_bytes']:.0f} B "
+            lines.append(f"Messages from {sender}: {m['mean_z_positions']:.1f} z positions, "
+                         f"{m['mean_wire_bytes']:.0f} B "
                          f"({m['wire_precision']}) for {m['mean_text_utf8_bytes']:.0f} B UTF-8 / "
                          f"{m['mean_text_gzip_bytes']:.0f} B gzip of text")
         lines.append("")

@@ -74,7 +74,9 @@ class FrozenLM:
         self._plain_ids: OrderedDict[str, list[int]] = OrderedDict()  # tokenize_plain memo, see there
 
     @classmethod
-    def load(cls, config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FrozenLM":
+    def load(
+        cls, config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "FrozenLM":
         from interlingua.models.registry import load_causal_lm
 
         model, tokenizer = load_causal_lm(config.spec, dtype=dtype, device=device)
@@ -206,14 +208,17 @@ class FrozenLM:
             ValueError: ``len(questions)`` is not the batch size.
         """
         if len(questions) != soft_prompt.shape[0]:
-            raise ValueError(f"{self.key}: {len(questions)} questions for a batch of {soft_prompt.shape[0]} soft prompts")
+            raise ValueError(
+                f"{self.key}: {len(questions)} questions for a batch of {soft_prompt.shape[0]} soft prompts"
+            )
         head = [self.bos_id] if self.bos_id is not None else []
         suffixes = [self.tokenizer(question_suffix(q), add_special_tokens=False).input_ids for q in questions]
         width = len(head) + soft_prompt.shape[1] + max(len(s) for s in suffixes)
         rows, mask = [], torch.zeros(len(questions), width, dtype=torch.bool, device=self.device)
         for row, (soft, suffix) in enumerate(zip(soft_prompt, suffixes)):
             pad = width - len(head) - soft.shape[0] - len(suffix)
-            before = self.embed(torch.tensor([[self.tokenizer.pad_token_id] * pad + head], dtype=torch.long))[0]  # (pad + b, d)
+            before_ids = torch.tensor([[self.tokenizer.pad_token_id] * pad + head], dtype=torch.long)
+            before = self.embed(before_ids)[0]  # (pad + b, d)
             after = self.embed(torch.tensor([suffix], dtype=torch.long))[0]  # (s_i, d)
             rows.append(torch.cat([before, soft.to(self.dtype), after]))  # (width, d)
             mask[row, pad:] = True
@@ -242,7 +247,7 @@ class FrozenLM:
             suffixes: ``B`` texts read after the soft tokens (``""``: the template's tail only).
         """
         if len(suffixes) != soft.shape[0]:
-            raise ValueError(f"{self.key}: {len(suffixes)} suffixes for a batch of {soft.shape[0]} soft prompts")
+            raise ValueError(f"{self.key}: {len(suffixes)} suffixes for {soft.shape[0]} soft prompts")
         head_ids, tail = self.template_parts
         head = self.embed(torch.tensor([head_ids], dtype=torch.long))[0]  # (h, d)
         tails = [self.tokenizer(suffix + tail, add_special_tokens=False).input_ids for suffix in suffixes]
@@ -370,7 +375,9 @@ class FrozenLM:
         self.model.eval()
         layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
         if not layers:
-            raise ValueError(f"{self.key}: this architecture has no checkpointable layers; set runtime.gradient_checkpointing=false")
+            raise ValueError(
+                f"{self.key}: this architecture has no checkpointable layers; set runtime.gradient_checkpointing=false"
+            )
         for layer in layers:
             layer.train()
 

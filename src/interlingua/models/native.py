@@ -98,7 +98,8 @@ class Refiner(nn.Module):
         )
         self.encoder = None
         if n_refine:
-            layer = nn.TransformerEncoderLayer(d_inter, n_heads, 4 * d_inter, dropout, batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(d_inter, n_heads, 4 * d_inter, dropout, batch_first=True,
+                                               norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, n_refine, enable_nested_tensor=False)
         self.out_proj = nn.Linear(d_inter, d_inter)
         nn.init.zeros_(self.out_proj.weight)
@@ -187,7 +188,8 @@ class ReceiverHead(nn.Module):
         flat = F.normalize(z.reshape(-1, z.shape[-1]), dim=-1)  # (N, d_inter)
         keys = self._keys.to(flat.device)
         with torch.no_grad():  # which tokens compete needs no gradient; their weights do
-            picked = torch.cat([(chunk @ keys.T).topk(self.top_k, dim=-1).indices for chunk in flat.split(SEARCH_CHUNK)])
+            picked = torch.cat([(chunk @ keys.T).topk(self.top_k, dim=-1).indices
+                                for chunk in flat.split(SEARCH_CHUNK)])
         scores = (flat.unsqueeze(1) * keys[picked]).sum(-1) / self.temperature  # (N, k)
         values = self._embed(self._ids.to(picked.device)[picked]).to(z.dtype)  # (N, k, d_model)
         mixed = (torch.softmax(scores, -1).unsqueeze(-1) * values).sum(1)  # (N, d_model)
@@ -284,7 +286,8 @@ class NativeInterlingua(InterlinguaModel):
         """Any sender's :class:`Latent` -> soft tokens in ``model_key``'s embedding space."""
         name = module_key(model_key)
         if name not in self.receivers:
-            raise KeyError(f"no receiver head for model {model_key!r}; this interlingua has: {', '.join(self.model_keys)}")
+            raise KeyError(f"no receiver head for model {model_key!r}; "
+                           f"this interlingua has: {', '.join(self.model_keys)}")
         soft = self.receivers[name](latent.z)
         return SoftTokens(soft * latent.mask.unsqueeze(-1), latent.mask)
 
@@ -293,8 +296,9 @@ class NativeInterlingua(InterlinguaModel):
         from interlingua.models.aligner import fixed_projection
 
         if anchor.dim() == 3:
-            mask = torch.ones(anchor.shape[:2], dtype=torch.bool, device=anchor.device) if anchor_mask is None else anchor_mask
-            anchor = masked_mean(anchor, mask.bool())
+            if anchor_mask is None:
+                anchor_mask = torch.ones(anchor.shape[:2], dtype=torch.bool, device=anchor.device)
+            anchor = masked_mean(anchor, anchor_mask.bool())
         projection = fixed_projection(anchor.shape[-1], self.spec.interlingua.d_inter).to(anchor.device)
         return anchor.float() @ projection.T * math.sqrt(self.spec.interlingua.d_inter)
 

@@ -36,10 +36,10 @@ from torch import Tensor, nn
 
 from interlingua.config import CompressionConfig, LossConfig
 from interlingua.constants import RECONSTRUCTION_CUE
+from interlingua.data.prompts import question_suffix
 from interlingua.losses import (
     alignment_loss, combine_losses, contrastive_loss, k_token_ce, l1_penalty, semantic_anchor_loss,
 )
-from interlingua.data.prompts import question_suffix
 from interlingua.models.frozen_lm import FrozenLM, Targets
 from interlingua.models.native import Latent, NativeInterlingua, summary
 from interlingua.pipeline import Anchor, InterlinguaSystem
@@ -276,8 +276,8 @@ def native_batch_loss(
                 student = lm.target_logits(prefix, targets)
                 rec.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
     summaries = {key: summary(latent) for key, latent in latents.items()}  # (B, d_inter)
-    terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in (("gen", gen), ("kd", kd), ("rec", rec))
-                                if parts}
+    token_terms = (("gen", gen), ("kd", kd), ("rec", rec))
+    terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in token_terms if parts}
     own = {key: soft[(key, key)].embeddings for key in system.lms}
     return _with_z_terms(terms, summaries, anchor_target, config, example_share, l1, own)
 
