@@ -333,3 +333,11 @@ def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monke
     assert (tmp_path / "out" / "passes" / "settings.json").is_file()
     table = (tmp_path / "out" / "passes.md").read_text()
     assert "| hybrid | tiny-llama -> tiny-gemma | 1 | 100.0 | 0.0 | 100.0 | 50.0 | 200 % |" in table
+
+
+def test_the_compression_sweep_refuses_a_native_base(tmp_path):
+    from interlingua.sweep.grid import load_sweep, plan_sweep
+
+    sweep = load_sweep("tiny", ["overrides=[interlingua.design=native]"])
+    with pytest.raises(ConfigError, match="design=native"):
+        plan_sweep(sweep, tmp_path)

@@ -251,6 +251,11 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path, extra_overrides: Optional[L
     if sweep.train_steps is not None:  # before validation: a warmup longer than the base's own steps is fine
         common.append(f"train.steps={sweep.train_steps}")
     base = load_config(sweep.base, common)
+    if base.interlingua.design.value == "native":
+        raise ConfigError(
+            f"sweep base {sweep.base!r} uses interlingua.design=native, which the compression sweep (d_inter x M x "
+            "precision of the pooled design) does not cover yet; use a pooled base such as embedded"
+        )
     limit = [f"eval.limit={sweep.eval_limit}"] if sweep.eval_limit is not None else []
     planned = []
     for cell in expand_grid(sweep, base):
