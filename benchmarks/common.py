@@ -22,7 +22,8 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="embedded", help="config name or YAML path (default: embedded)")
     parser.add_argument("--json", type=Path, help="also write the measurements here as JSON")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.source=../shared/data/squad)")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides key=value (e.g. data.source=../shared/data/squad)")
     if extra:
         extra(parser)
     return parser.parse_args()

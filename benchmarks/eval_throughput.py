@@ -39,8 +39,10 @@ def main() -> None:
             results[batch_size] = (seconds, [row["prediction"] for row in out])
         (one_s, one), (many_s, many) = results[1], results[args.batch_size]
         same = sum(a == b for a, b in zip(one, many))
-        data["models"][lm.key] = {"examples_per_s": {"unbatched": len(examples) / one_s, "batched": len(examples) / many_s},
-                                  "speedup": one_s / many_s, "same_answers": same}
+        data["models"][lm.key] = {
+            "examples_per_s": {"unbatched": len(examples) / one_s, "batched": len(examples) / many_s},
+            "speedup": one_s / many_s, "same_answers": same,
+        }
         rows += [
             (f"{lm.key} unbatched", f"{len(examples) / one_s:.2f} ex/s"),
             (f"{lm.key} batch {args.batch_size}", f"{len(examples) / many_s:.2f} ex/s"),

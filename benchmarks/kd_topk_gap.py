@@ -56,8 +56,10 @@ def main() -> None:
             for k in sorted({min(k, teacher.shape[-1]) for k in TOP_KS}):
                 approx = float(kd_loss_topk(student, *compress_teacher_logits(teacher, k, tau), targets.mask, tau))
                 mass = float(probabilities.topk(k, dim=-1).values.sum(-1).mean())
-                data["models"][key]["top_k"][k] = {"kd": approx, "fraction_of_exact": approx / exact, "teacher_mass": mass}
-                rows.append((f"{key} top-{k}", f"{approx:.4f} ({approx / exact:.1%} of exact; teacher mass in top k {mass:.1%})"))
+                data["models"][key]["top_k"][k] = {"kd": approx, "fraction_of_exact": approx / exact,
+                                                   "teacher_mass": mass}
+                rows.append((f"{key} top-{k}",
+                             f"{approx:.4f} ({approx / exact:.1%} of exact; teacher mass in top k {mass:.1%})"))
     report(f"top-k KD vs exact KD, {config.name}, {args.examples} examples", rows, data, args.json)
 
 

@@ -100,12 +100,13 @@ def main() -> None:
             bos = latent_prefix([0]).embeddings[:, :1]
             one_position = Prefix(bos, torch.ones(1, 1, dtype=torch.bool, device=bos.device))
             floor = statistics.median(timed(lambda: _first_tokens(lm, one_position))[0] for _ in range(len(texts)))
-            paired = statistics.median(t[0] / l[0] for t, l in zip(alone["text"], alone["latent"]))
+            paired = statistics.median(text[0] / latent[0] for text, latent in zip(alone["text"], alone["latent"]))
             batched, same_tokens = {}, {}
             for path, (prefix_of, lengths) in paths.items():
                 batches = _buckets(lengths, args.batch_size)
                 _first_tokens(lm, prefix_of(batches[0]))  # warm-up at this batch size
-                together = [(batch, timed(lambda batch=batch: _first_tokens(lm, prefix_of(batch)))) for batch in batches]
+                together = [(batch, timed(lambda batch=batch: _first_tokens(lm, prefix_of(batch))))
+                            for batch in batches]
                 batched[path] = sum(seconds for _, (seconds, _) in together) / len(batches)
                 # left padding must not change the answer: the batched first tokens against one at a time
                 same_tokens[path] = sum(tokens[j] == alone[path][i][1][0] for batch, (_, tokens) in together
@@ -120,9 +121,12 @@ def main() -> None:
                 "receiver_positions": {"latent": positions, "text_mean": sum(text_tokens) / len(text_tokens)},
             }
             rows += [
-                (f"{key} latent", f"{single['latent'] * 1e3:.1f} ms  ({positions:.0f} positions{' mean' if hybrid else ''})"),
-                (f"{key} text", f"{single['text'] * 1e3:.1f} ms  ({sum(text_tokens) / len(text_tokens):.0f} tokens mean)"),
-                (f"{key} speedup", f"{single['text'] / single['latent']:.2f}x  (median of per-example ratios {paired:.2f}x)"),
+                (f"{key} latent", f"{single['latent'] * 1e3:.1f} ms  "
+                                  f"({positions:.0f} positions{' mean' if hybrid else ''})"),
+                (f"{key} text", f"{single['text'] * 1e3:.1f} ms  "
+                                f"({sum(text_tokens) / len(text_tokens):.0f} tokens mean)"),
+                (f"{key} speedup", f"{single['text'] / single['latent']:.2f}x  "
+                                   f"(median of per-example ratios {paired:.2f}x)"),
                 (f"{key} one-position prefill (floor)", f"{floor * 1e3:.1f} ms: no receiver prefix can beat "
                                                          f"{single['text'] / floor:.2f}x"),
                 (f"{key} batch of {args.batch_size}: latent", f"{batched['latent'] * 1e3:.1f} ms per batch"),

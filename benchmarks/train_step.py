@@ -23,7 +23,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import config_of, parse_args, peak_matmul_flops, report, timed
 from interlingua.training.recipe import TrainingRecipe
-from interlingua.training.step import loss_norm
 from naive_reference import naive_step_loss
 
 
@@ -71,7 +70,8 @@ def main() -> None:
     data = {
         "config": config.name, "global_batch": batch, "steps_timed": len(steps),
         "seconds_per_step": {"naive": naive_s, "real_cold_cache": cold_s, "real_warm_cache": warm_s},
-        "examples_per_s": {"naive": batch / naive_s, "real_cold_cache": batch / cold_s, "real_warm_cache": batch / warm_s},
+        "examples_per_s": {"naive": batch / naive_s, "real_cold_cache": batch / cold_s,
+                           "real_warm_cache": batch / warm_s},
         "speedup_vs_naive": {"real_cold_cache": naive_s / cold_s, "real_warm_cache": naive_s / warm_s},
         "flops_per_step": flops, "achieved_flops_per_s": achieved, "peak_matmul_flops_per_s": peak,
         "peak_matmul_flops_per_s_before_after": peaks,
@@ -84,7 +84,8 @@ def main() -> None:
         ("real, warm cache", f"{warm_s:.2f} s/step  {batch / warm_s:.2f} ex/s  ({naive_s / warm_s:.2f}x naive)"),
         ("FLOPs per step", f"{flops / 1e9:.1f} GFLOP (matmul + attention, fwd + bwd)"),
         ("achieved", f"{achieved / 1e9:.1f} GFLOP/s"),
-        ("peak matmul", f"{peak / 1e9:.1f} GFLOP/s  ({'bf16' if device.type == 'cuda' else 'fp32'} 2048^3; the higher of "
+        ("peak matmul", f"{peak / 1e9:.1f} GFLOP/s  "
+                        f"({'bf16' if device.type == 'cuda' else 'fp32'} 2048^3; the higher of "
                         f"{peaks[0] / 1e9:.0f} before and {peaks[1] / 1e9:.0f} after the steps)"),
         ("fraction of peak", f"{achieved / peak:.0%}"),
     ]

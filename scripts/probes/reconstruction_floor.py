@@ -62,7 +62,8 @@ def main() -> None:
     rows = {"no soft prompt": {}}
     with torch.no_grad():
         for key, lm in lms.items():
-            empty = lambda start, stop, lm=lm: torch.zeros(stop - start, 0, lm.hidden_size, device=device, dtype=lm.dtype)  # noqa: E731
+            empty = lambda start, stop, lm=lm: torch.zeros(  # noqa: E731
+                stop - start, 0, lm.hidden_size, device=device, dtype=lm.dtype)
             rows["no soft prompt"][key] = _mean_ce(lm, texts, config.pretrain.tokens, empty)
         if model is not None:
             system = InterlinguaSystem(model.to(device).eval(), lms, encoder)

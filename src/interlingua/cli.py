@@ -23,7 +23,8 @@ log = logging.getLogger("interlingua")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default="embedded", help="config name (tiny, embedded, llama-qwen) or YAML path")
+    parser.add_argument("--config", "-c", default="embedded",
+                        help="config name (tiny, embedded, llama-qwen) or YAML path")
     parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. eval.batch_size=8")
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/latest")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bridge", help="native design: fit the vocabulary bridge, print the fit, write the step-0 checkpoint")
+    p = sub.add_parser("bridge",
+                       help="native design: fit the vocabulary bridge, print the fit, write the step-0 checkpoint")
     _add_common(p)
     p.set_defaults(func=cmd_bridge)
 
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="finished runs side by side: ablation table (MD/JSON) and training curves (PNG)")
     p.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR", help="a label and a run folder (or its copy in results/)")
-    p.add_argument("--output-dir", "-o", required=True, help="folder for ablation.md, ablation.json, ablation_curves.png")
+    p.add_argument("--output-dir", "-o", required=True,
+                   help="folder for ablation.md, ablation.json, ablation_curves.png")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("config", help="print the resolved config as YAML")

@@ -160,7 +160,8 @@ class InterlinguaConfig:
                 raise ConfigError(f"interlingua.{key} must be positive, got {getattr(self, key)}")
         native = self.design == Design.NATIVE
         if self.n_cross_layers < (0 if native else 1):
-            raise ConfigError(f"interlingua.n_cross_layers must be {'>= 0' if native else 'positive'}, got {self.n_cross_layers}")
+            raise ConfigError(f"interlingua.n_cross_layers must be {'>= 0' if native else 'positive'}, "
+                              f"got {self.n_cross_layers}")
         if self.n_refine_layers < 0:
             raise ConfigError(f"interlingua.n_refine_layers must be >= 0, got {self.n_refine_layers}")
         window = str(self.pool_window)
@@ -240,7 +241,8 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.keep_checkpoints < 0:
-            raise ConfigError(f"train.keep_checkpoints must be >= 0 (0 = keep every checkpoint), got {self.keep_checkpoints}")
+            raise ConfigError(f"train.keep_checkpoints must be >= 0 (0 = keep every checkpoint), "
+                              f"got {self.keep_checkpoints}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ConfigError(f"train.warmup_steps must be in [0, train.steps={self.steps}], got {self.warmup_steps}")
 

@@ -142,7 +142,9 @@ class InterlinguaSystem:
         if teacher is None:
             return KDTeacher(self.lms[key], temperature)
         if teacher.temperature != temperature:
-            raise ValueError(f"{key}: the installed KD teacher has τ={teacher.temperature}, the loss asks for τ={temperature}")
+            raise ValueError(
+                f"{key}: the installed KD teacher has τ={teacher.temperature}, the loss asks for τ={temperature}"
+            )
         return teacher
 
     def encode(self, model_key: str, texts: list[str], anchor: Anchor) -> Tensor:

@@ -224,9 +224,11 @@ def test_only_positions_make_z_depend_on_word_order(pooling):
     mask = torch.ones(1, 6, dtype=torch.bool)
     with torch.no_grad():
         bag = make_aligner(pooling)
-        torch.testing.assert_close(bag(KEY_A, tokens, mask, anchor), bag(KEY_A, shuffled, mask, anchor), atol=1e-5, rtol=0)
+        torch.testing.assert_close(bag(KEY_A, tokens, mask, anchor), bag(KEY_A, shuffled, mask, anchor),
+                                   atol=1e-5, rtol=0)
         ordered = make_aligner(pooling, positions=Positions.SINUSOIDAL)
-        assert not torch.allclose(ordered(KEY_A, tokens, mask, anchor), ordered(KEY_A, shuffled, mask, anchor), atol=1e-3)
+        assert not torch.allclose(ordered(KEY_A, tokens, mask, anchor), ordered(KEY_A, shuffled, mask, anchor),
+                                  atol=1e-3)
 
 
 def test_sinusoidal_positions_count_real_tokens_only():

@@ -40,7 +40,8 @@ def test_buckets_hold_the_same_examples_with_less_padding(tiny_lms):
     assert _padding(bucketed, 8) < _padding(plain, 8)
     for step in range(8):  # each batch is a run of neighbours in length order
         lengths = sorted(_length(bucketed, i) for i in bucketed.batch_indices(step))
-        window_lengths = sorted(_length(bucketed, i) for s in range(step // window * window, step // window * window + window)
+        window_lengths = sorted(_length(bucketed, i)
+                                for s in range(step // window * window, step // window * window + window)
                                 for i in bucketed.batch_indices(s))
         position = window_lengths.index(lengths[0])
         assert window_lengths[position:position + len(lengths)] == lengths

@@ -46,7 +46,8 @@ def test_other_settings_get_another_folder(tmp_path):
     two = TensorStore.open(tmp_path, "teacher", {"temperature": 2.0})
     one.put("x", {"v": torch.ones(1)})
     one.flush()
-    assert one.directory != two.directory and TensorStore.open(tmp_path, "teacher", {"temperature": 2.0}).get("x") is None
+    assert one.directory != two.directory
+    assert TensorStore.open(tmp_path, "teacher", {"temperature": 2.0}).get("x") is None
 
 
 def test_folder_of_other_settings_is_refused(tmp_path):

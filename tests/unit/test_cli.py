@@ -59,14 +59,16 @@ def test_baseline_predictions_do_not_depend_on_the_batch_size(tmp_path, capsys):
     ],
 )
 def test_bad_input_ends_in_one_clear_line(tmp_path, capsys, args, expected):
-    code, _, err = run_cli(["baselines", "-c", "tiny", "-o", str(tmp_path), "-q", f"data.source={SQUAD_MINI}", *args], capsys)
+    code, _, err = run_cli(["baselines", "-c", "tiny", "-o", str(tmp_path), "-q", f"data.source={SQUAD_MINI}", *args],
+                           capsys)
     assert code == 2
     assert err.startswith("interlingua baselines: error:") and expected in err
     assert "Traceback" not in err
 
 
 def test_missing_data_file_in_folder_is_named(tmp_path, capsys):
-    code, _, err = run_cli(["baselines", "-c", "tiny", "-q", "-o", str(tmp_path / "o"), f"data.source={tmp_path}"], capsys)
+    code, _, err = run_cli(["baselines", "-c", "tiny", "-q", "-o", str(tmp_path / "o"), f"data.source={tmp_path}"],
+                           capsys)
     assert code == 2 and "dev-v1.1.json" in err and str(tmp_path) in err
 
 

@@ -19,7 +19,8 @@ def finished_runs(tmp_path_factory):
     common = ["--config", "tiny", "-q", f"data.source={SQUAD_MINI}", "train.steps=2", "train.save_every=2",
               f"cache.dir={root / 'cache'}"]
     assert main(["run", "-o", str(root / "a"), *common]) == 0
-    assert main(["run", "-o", str(root / "b"), *common, "pretrain.steps=1", "pretrain.warmup_steps=0", "--limit", "4"]) == 0
+    assert main(["run", "-o", str(root / "b"), *common, "pretrain.steps=1", "pretrain.warmup_steps=0",
+                 "--limit", "4"]) == 0
     return root
 
 

@@ -88,5 +88,6 @@ def test_stored_configs_write_enum_values_and_still_read_old_enum_names(tmp_path
     assert stored["interlingua"]["conditioning"] == "hybrid" and stored["compression"]["precision"] == "int8"
     save_config(config, tmp_path / "config.yaml")
     assert "conditioning: hybrid" in (tmp_path / "config.yaml").read_text()
-    old = {**stored, "interlingua": {**stored["interlingua"], "conditioning": "HYBRID"}}  # checkpoints before the change
+    # checkpoints before the change
+    old = {**stored, "interlingua": {**stored["interlingua"], "conditioning": "HYBRID"}}
     assert config_from_dict(old) == config

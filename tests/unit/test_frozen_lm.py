@@ -128,7 +128,8 @@ def test_tokenize_plain_memo_matches_the_tokenizer_and_does_not_retokenize(lm, m
     assert torch.equal(ids, reference.input_ids) and torch.equal(mask, reference.attention_mask.bool())
     calls = []
     tokenizer_call = type(lm.tokenizer).__call__
-    monkeypatch.setattr(type(lm.tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or tokenizer_call(self, *a, **k))
+    monkeypatch.setattr(type(lm.tokenizer), "__call__",
+                        lambda self, *a, **k: calls.append(a) or tokenizer_call(self, *a, **k))
     again, _ = lm.tokenize_plain(texts[::-1])
     assert torch.equal(again, reference.input_ids.flip(0)) and not calls  # every text came from the memo
     monkeypatch.setattr(frozen_lm, "PLAIN_IDS_MEMO", 2)

@@ -35,7 +35,8 @@ def test_gradient_checkpointing_gives_the_same_gradient_and_recomputes_layers(na
     assert len(calls) == 2  # forward once, recomputed once in the backward pass
     assert not any(p.requires_grad for p in checkpointed.model.parameters())
     with torch.no_grad():  # generation is unaffected (no backward: nothing is checkpointed)
-        assert checkpointed.generate_ids(checkpointed.soft_prefix(soft), 3).equal(plain.generate_ids(plain.soft_prefix(soft), 3))
+        assert checkpointed.generate_ids(checkpointed.soft_prefix(soft), 3).equal(
+            plain.generate_ids(plain.soft_prefix(soft), 3))
 
 
 def test_gradient_checkpointing_refuses_a_model_with_dropout():

@@ -16,8 +16,13 @@ from interlingua.cli import main
 from interlingua.config import Conditioning, ConfigError, config_from_dict, config_to_dict, load_config
 from interlingua.constants import ANSWER_CUE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, TRAINER_STATE_FILE
 from interlingua.data.prompts import (
-    budgeted_context_prompt, context_prompt, question_suffix, sender_prompt, shared_context_prompt,
-    shared_text_prompt, text_prompt,
+    budgeted_context_prompt,
+    context_prompt,
+    question_suffix,
+    sender_prompt,
+    shared_context_prompt,
+    shared_text_prompt,
+    text_prompt,
 )
 from interlingua.data.squad import load_squad
 from interlingua.eval.jobs import eval_job, validation_examples
@@ -29,7 +34,11 @@ from interlingua.training.checkpoint import TRAINER_STATE_VERSION
 from interlingua.training.recipe import train
 from interlingua.training.step import LearnedForward, batch_loss
 from interlingua.wire.service import (
-    MessageInputError, encode_texts, generate_from_messages, questions_for_messages, read_prompt_file,
+    MessageInputError,
+    encode_texts,
+    generate_from_messages,
+    questions_for_messages,
+    read_prompt_file,
 )
 from tests.conftest import REPO_ROOT, SQUAD_MINI
 

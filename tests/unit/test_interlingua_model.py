@@ -23,7 +23,8 @@ def make_spec(pooling=Pooling.MEAN, d_inter=16) -> InterlinguaSpec:
 
 def inputs(width: int, batch: int = 2, length: int = 5, scale: float = 1.0):
     torch.manual_seed(0)
-    return torch.randn(batch, length, width) * scale, torch.ones(batch, length, dtype=torch.bool), torch.randn(batch, D_SEM)
+    return (torch.randn(batch, length, width) * scale, torch.ones(batch, length, dtype=torch.bool),
+            torch.randn(batch, D_SEM))
 
 
 @pytest.mark.parametrize("pooling", list(Pooling))
@@ -127,5 +128,6 @@ def _positions_spec_json(positions):
     from interlingua.models.interlingua import FrozenModelInfo, InterlinguaSpec
 
     spec = InterlinguaSpec(models=[FrozenModelInfo("a", 8, 1.0), FrozenModelInfo("b", 6, 0.5)], encoder="e", d_sem=4,
-                           interlingua=dataclasses.replace(InterlinguaConfig(d_inter=16, n_heads=2), positions=positions))
+                           interlingua=dataclasses.replace(InterlinguaConfig(d_inter=16, n_heads=2),
+                                                           positions=positions))
     return spec.to_json()

@@ -9,17 +9,39 @@ import pytest
 import torch
 
 from interlingua.config import (
-    CompressionConfig, ConfigError, ModelConfig, Precision, PromptFormat, config_to_dict, replace, save_config,
+    CompressionConfig,
+    ConfigError,
+    ModelConfig,
+    Precision,
+    PromptFormat,
+    config_to_dict,
+    replace,
+    save_config,
 )
 from interlingua.constants import (
-    CROSS_DECODE_PLOT, F1_BY_ROW_PLOT, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RESOLVED_CONFIG_FILE,
+    CROSS_DECODE_PLOT,
+    F1_BY_ROW_PLOT,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RESOLVED_CONFIG_FILE,
     TRAINER_STATE_FILE,
 )
 from interlingua.data.prompts import budgeted_text_prompt, shared_text_prompt, text_prompt
 from interlingua.eval.jobs import checkpoint_config, eval_job, validation_examples
 from interlingua.eval.latent import (
-    INFORMATION_FLOW_MARGIN_F1, SentZ, agreement, changed_by_shuffle, cross_decode_matrix, derangement,
-    distinct_share, evaluate_latent, evaluate_own_latent, information_flow, interlingua_distance, predictions_by_model,
+    INFORMATION_FLOW_MARGIN_F1,
+    SentZ,
+    agreement,
+    changed_by_shuffle,
+    cross_decode_matrix,
+    derangement,
+    distinct_share,
+    evaluate_latent,
+    evaluate_own_latent,
+    information_flow,
+    interlingua_distance,
+    predictions_by_model,
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
 from interlingua.pipeline import InterlinguaSystem, frozen_model_info

@@ -3,7 +3,12 @@
 import pytest
 
 from interlingua.eval.metrics import (
-    exact_match_score, f1_score, normalize_answer, normalized_equal, per_example_scores, squad_scores,
+    exact_match_score,
+    f1_score,
+    normalize_answer,
+    normalized_equal,
+    per_example_scores,
+    squad_scores,
 )
 
 

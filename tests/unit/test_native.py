@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from interlingua.bridge.fit import (
-    BRIDGE_METRICS_FILE, BridgeSettings, bridge_cache_key, fit_bridge, load_or_fit_bridge, unit_embeddings,
+    BRIDGE_METRICS_FILE,
+    BridgeSettings,
+    bridge_cache_key,
+    fit_bridge,
+    load_or_fit_bridge,
+    unit_embeddings,
 )
 from interlingua.bridge.vocab import id_bytes, shared_strings, token_bytes
 from interlingua.config import ConfigError, ModelConfig, PromptFormat, config_from_dict, config_to_dict, load_config

@@ -20,8 +20,7 @@ from interlingua.constants import CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FIL
 from interlingua.eval.baselines import BASELINE_MODES
 from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
-from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep
-from interlingua.sweep import runner
+from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep, runner
 from interlingua.sweep import references as references_module
 from interlingua.sweep.pareto import pareto_figure, reference_points
 from interlingua.sweep.progress import Timing, format_duration

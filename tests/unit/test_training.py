@@ -17,21 +17,37 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from interlingua.cli import main as cli_main
 from interlingua.config import ConfigError, load_config
 from interlingua.constants import (
-    CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FILE, METRICS_LOG_FILE, TRAINING_CURVES_PLOT,
-    OPTIMIZER_STATE_FILE, RESOLVED_CONFIG_FILE, RUN_INFO_FILE, TRAINER_STATE_FILE,
+    CHECKPOINT_CONFIG_FILE,
+    CHECKPOINT_WEIGHTS_FILE,
+    LATEST_CHECKPOINT_FILE,
+    METRICS_LOG_FILE,
+    OPTIMIZER_STATE_FILE,
+    RESOLVED_CONFIG_FILE,
+    RUN_INFO_FILE,
+    TRAINER_STATE_FILE,
+    TRAINING_CURVES_PLOT,
 )
 from interlingua.data.squad import load_squad
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
-from interlingua.cli import main as cli_main
 from interlingua.training import recipe
 from interlingua.training.batches import TrainingStream
 from interlingua.training.checkpoint import (
-    optimizer_state_from_safe, optimizer_state_to_safe, prune_checkpoints, rng_state, set_rng_state,
+    optimizer_state_from_safe,
+    optimizer_state_to_safe,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
 )
 from interlingua.training.recipe import (
-    TrainingDivergedError, interlingua_spec, lr_factor, stage_lr_factor, stage_of, train,
+    TrainingDivergedError,
+    interlingua_spec,
+    lr_factor,
+    stage_lr_factor,
+    stage_of,
+    train,
 )
 from interlingua.training.step import LearnedForward, Stage, batch_loss, loss_norm, reconstruction_targets
 from tests.conftest import REPO_ROOT, SQUAD_MINI
@@ -557,7 +573,8 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
     # Normalised by the global batch's target positions: a micro-batch that is the whole global batch
     # gets the plain mean.
     norm = loss_norm(tiny_lms, micro.answers, 4, texts, rec_tokens=40)
-    assert norm.rec_positions == {k: int(reconstruction_targets(lm, texts, 40).mask.sum()) for k, lm in tiny_lms.items()}
+    assert norm.rec_positions == {k: int(reconstruction_targets(lm, texts, 40).mask.sum())
+                                  for k, lm in tiny_lms.items()}
     normed = batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(), norm,
                         stage=Stage.RECONSTRUCT, rec_tokens=40)
     assert normed.terms["rec"] == pytest.approx(out.terms["rec"], rel=1e-5)

@@ -7,8 +7,8 @@ later runs.
     loss = teacher.kd_loss(student_logits, texts, targets)
 """
 
+from interlingua.cache.anchor import AnchorCache
 from interlingua.cache.store import TensorStore, cache_settings_hash
 from interlingua.cache.teacher import KDTeacher, TeacherTargets, lm_fingerprint
-from interlingua.cache.anchor import AnchorCache
 
 __all__ = ["AnchorCache", "KDTeacher", "TeacherTargets", "TensorStore", "cache_settings_hash", "lm_fingerprint"]

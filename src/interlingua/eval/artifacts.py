@@ -15,6 +15,7 @@ from interlingua.config import Config, config_to_dict, save_config
 from interlingua.constants import RESOLVED_CONFIG_FILE
 from interlingua.provenance import git_hash, library_versions
 
+
 def run_info(config: Config, command: str) -> dict:
     """What produced a result: command line, config, code version, libraries, machine, time."""
     return {

@@ -122,7 +122,8 @@ def run_baselines(
     return rows, formats
 
 
-def evaluate_baselines(lm: FrozenLM, examples: Sequence[SquadExample], config: Config, progress: bool = True) -> list[dict]:
+def evaluate_baselines(lm: FrozenLM, examples: Sequence[SquadExample], config: Config,
+                       progress: bool = True) -> list[dict]:
     """Rows of every mode in :data:`BASELINE_MODES` for one loaded model (``len(examples)`` per mode)."""
     rows: list[dict] = []
     for mode in BASELINE_MODES:

@@ -67,7 +67,8 @@ def variant_row(name: str, run_dir: Path) -> dict:
 def _changed_by_shuffle(latent: dict, predictions_path: Path) -> dict[str, float]:
     """The evaluation's own ``changed_by_shuffle_share``, or (results written before it existed) the same
     share recomputed from its predictions file; models with neither are absent."""
-    stored = {m: c["changed_by_shuffle_share"] for m, c in latent["collapse"].items() if "changed_by_shuffle_share" in c}
+    stored = {m: c["changed_by_shuffle_share"] for m, c in latent["collapse"].items()
+              if "changed_by_shuffle_share" in c}
     if len(stored) == len(latent["collapse"]) or not predictions_path.is_file():
         return stored
     rows = [json.loads(line) for line in predictions_path.read_text().splitlines() if line.strip()]

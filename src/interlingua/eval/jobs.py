@@ -10,15 +10,21 @@ from omegaconf import OmegaConf
 
 from interlingua.config import Config, config_from_dict, config_to_dict, replace
 from interlingua.constants import (
-    CROSS_DECODE_PLOT, EVAL_SUBDIR, F1_BY_ROW_PLOT, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE,
-    RESOLVED_CONFIG_FILE, TRAINER_STATE_FILE,
+    CROSS_DECODE_PLOT,
+    EVAL_SUBDIR,
+    F1_BY_ROW_PLOT,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RESOLVED_CONFIG_FILE,
+    TRAINER_STATE_FILE,
 )
 from interlingua.data.squad import load_squad
 from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json, write_jsonl
 from interlingua.eval.baselines import evaluate_baselines, run_baselines, summarize
 from interlingua.eval.latent import evaluate_latent, information_flow
-from interlingua.eval.plots import plot_cross_decode, plot_f1_by_row
 from interlingua.eval.native import evaluate_native
+from interlingua.eval.plots import plot_cross_decode, plot_f1_by_row
 from interlingua.eval.report import baselines_report, eval_report, native_eval_report
 from interlingua.eval.reuse import load_baseline_rows
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
@@ -99,7 +105,8 @@ def eval_job(
     if baselines_dir is not None:
         baseline_rows = load_baseline_rows(Path(baselines_dir), examples, config, formats)
     else:
-        baseline_rows = [row for lm in system.lms.values() for row in evaluate_baselines(lm, examples, config, progress)]
+        baseline_rows = [row for lm in system.lms.values()
+                         for row in evaluate_baselines(lm, examples, config, progress)]
     if isinstance(model, NativeInterlingua):
         return _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir,
                             progress)
@@ -126,7 +133,8 @@ def eval_job(
 NATIVE_PASSES_SUBDIR = "passes"  # finished (conditioning, sender, receiver) passes: a stopped eval resumes
 
 
-def _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir, progress) -> Path:
+def _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, baselines_dir, out_dir,
+                 progress) -> Path:
     """eval_job for the native design: every pair under each of ``eval.conditionings`` (eval/native.py)."""
     native_rows, native = evaluate_native(system, examples, config, text_rows=baseline_rows, progress=progress,
                                           passes_dir=out_dir / NATIVE_PASSES_SUBDIR)

@@ -47,14 +47,17 @@ def baseline_rows(summary: dict, formats: dict[str, str]) -> list[list[object]]:
     for model, modes in summary.items():
         for mode, entry in modes.items():
             rows.append([
-                model, MODE_TITLES.get(mode, mode), formats.get(model, ""), entry["n"], entry["exact_match"], entry["f1"],
+                model, MODE_TITLES.get(mode, mode), formats.get(model, ""), entry["n"], entry["exact_match"],
+                entry["f1"],
                 entry.get("mean_prompt_tokens", ""), entry.get("mean_prompt_utf8_bytes", ""),
                 entry.get("mean_prompt_gzip_bytes", ""),
             ])
     return rows
 
 
-BASELINE_HEADER = ["model", "row", "prompt format", "n", "EM", "F1", "prompt tokens", "prompt UTF-8 bytes", "prompt gzip bytes"]
+BASELINE_HEADER = [
+    "model", "row", "prompt format", "n", "EM", "F1", "prompt tokens", "prompt UTF-8 bytes", "prompt gzip bytes",
+]
 
 
 def baselines_report(summary: dict, formats: dict[str, str], info: dict) -> str:
@@ -184,7 +187,8 @@ def native_eval_report(metrics: dict) -> str:
     from interlingua.eval.native import native_report_lines
 
     lines = header("Native interlingua evaluation", metrics["run"], metrics["n"])
-    lines += [f"- checkpoint: `{metrics['checkpoint']['path']}` (fingerprint {metrics['checkpoint']['fingerprint']})", ""]
+    lines += [f"- checkpoint: `{metrics['checkpoint']['path']}` "
+              f"(fingerprint {metrics['checkpoint']['fingerprint']})", ""]
     lines += ["## Text baselines", "", markdown_table(
         ["model", "row", "EM", "F1"],
         [[model, MODE_TITLES.get(mode, mode), s["exact_match"], s["f1"]]

@@ -57,9 +57,9 @@ def load_baseline_rows(
                     rows.append(row)
     if missing:
         raise BaselineReuseError(
-            f"{rows_path}: {len(missing)} of {len(examples) * len(prompt_formats) * len(BASELINE_MODES)} needed rows are "
-            f"missing (first: {missing[0]}); run the baselines on at least these examples (same data.seed, a larger "
-            "--limit) or drop --baselines"
+            f"{rows_path}: {len(missing)} of {len(examples) * len(prompt_formats) * len(BASELINE_MODES)} needed rows "
+            f"are missing (first: {missing[0]}); run the baselines on at least these examples (same data.seed, "
+            "a larger --limit) or drop --baselines"
         )
     return rows
 

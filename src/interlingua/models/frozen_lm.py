@@ -381,8 +381,5 @@ class FrozenLM:
         for layer in layers:
             layer.train()
 
-    def generate_from_text(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
-        return self.generate(self.text_prefix(prompts), max_new_tokens)
-
     def generate_from_soft_prompt(self, soft_prompt: Tensor, max_new_tokens: int = 16) -> list[str]:
         return self.generate(self.soft_prefix(soft_prompt), max_new_tokens)

@@ -56,7 +56,9 @@ class InterlinguaSpec:
     @classmethod
     def from_json(cls, data: dict) -> "InterlinguaSpec":
         if data.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"checkpoint format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
         raw = dict(data["interlingua"])
         raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
         raw["conditioning"] = Conditioning(raw.get("conditioning", Conditioning.FULL))  # absent before hybrid existed

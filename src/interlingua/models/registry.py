@@ -131,11 +131,6 @@ def resolve_model_path(spec: str) -> str:
     raise ModelSpecError(_unknown_spec_message(spec))
 
 
-def load_sentence_encoder_path(spec: str) -> str:
-    """Resolve a sentence-encoder spec; the same rules as :func:`resolve_model_path`."""
-    return resolve_model_path(spec)
-
-
 def load_causal_lm(
     spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

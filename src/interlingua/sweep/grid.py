@@ -20,7 +20,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from interlingua.config import (
-    SHIPPED_CONFIG_DIR, Config, ConfigError, Pooling, Precision, config_to_dict, load_config, normalised_config_dict,
+    SHIPPED_CONFIG_DIR,
+    Config,
+    ConfigError,
+    Pooling,
+    Precision,
+    config_to_dict,
+    load_config,
+    normalised_config_dict,
     parse_override,
 )
 from interlingua.wire.quantize import FLOAT_DTYPES

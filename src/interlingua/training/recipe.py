@@ -25,17 +25,15 @@ anything is saved, so the last good checkpoint stays as it was.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
@@ -50,8 +48,14 @@ from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_froz
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
-    check_same_config, checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint, rng_state,
-    save_checkpoint, set_rng_state,
+    check_same_config,
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
 from interlingua.training.sharding import any_process, check_can_shard, local_share, shard_frozen_layers

@@ -38,7 +38,12 @@ from interlingua.config import CompressionConfig, LossConfig
 from interlingua.constants import RECONSTRUCTION_CUE
 from interlingua.data.prompts import question_suffix
 from interlingua.losses import (
-    alignment_loss, combine_losses, contrastive_loss, k_token_ce, l1_penalty, semantic_anchor_loss,
+    alignment_loss,
+    combine_losses,
+    contrastive_loss,
+    k_token_ce,
+    l1_penalty,
+    semantic_anchor_loss,
 )
 from interlingua.models.frozen_lm import FrozenLM, Targets
 from interlingua.models.native import Latent, NativeInterlingua, summary
