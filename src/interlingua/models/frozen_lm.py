@@ -211,18 +211,14 @@ class FrozenLM:
             raise ValueError(
                 f"{self.key}: {len(questions)} questions for a batch of {soft_prompt.shape[0]} soft prompts"
             )
-        head = [self.bos_id] if self.bos_id is not None else []
-        suffixes = [self.tokenizer(question_suffix(q), add_special_tokens=False).input_ids for q in questions]
-        width = len(head) + soft_prompt.shape[1] + max(len(s) for s in suffixes)
-        rows, mask = [], torch.zeros(len(questions), width, dtype=torch.bool, device=self.device)
-        for row, (soft, suffix) in enumerate(zip(soft_prompt, suffixes)):
-            pad = width - len(head) - soft.shape[0] - len(suffix)
-            before_ids = torch.tensor([[self.tokenizer.pad_token_id] * pad + head], dtype=torch.long)
-            before = self.embed(before_ids)[0]  # (pad + b, d)
+        head_ids = [self.bos_id] if self.bos_id is not None else []
+        head = self.embed(torch.tensor([head_ids], dtype=torch.long))[0]  # (b, d)
+        rows = []
+        for soft, q in zip(soft_prompt, questions):
+            suffix = self.tokenizer(question_suffix(q), add_special_tokens=False).input_ids
             after = self.embed(torch.tensor([suffix], dtype=torch.long))[0]  # (s_i, d)
-            rows.append(torch.cat([before, soft.to(self.dtype), after]))  # (width, d)
-            mask[row, pad:] = True
-        return Prefix(torch.stack(rows), mask)
+            rows.append(torch.cat([head, soft.to(self.dtype), after]))  # (b + M + s_i, d)
+        return self.rows_prefix(rows)
 
     @cached_property
     def template_parts(self) -> tuple[list[int], str]:
