@@ -15,7 +15,7 @@ import dataclasses
 from common import config_of, parse_args, report, timed
 from interlingua.data.squad import load_squad
 from interlingua.eval.baselines import evaluate_text_mode
-from interlingua.pipeline import load_frozen_model
+from interlingua.models.system import load_frozen_model
 from interlingua.runtime import frozen_dtype, resolve_device
 
 

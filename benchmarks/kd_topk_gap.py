@@ -16,7 +16,7 @@ from common import config_of, parse_args, report
 from interlingua.data.squad import load_squad
 from interlingua.losses import compress_teacher_logits, kd_loss, kd_loss_topk
 from interlingua.models.interlingua import InterlinguaModel
-from interlingua.pipeline import InterlinguaSystem, load_frozen_models
+from interlingua.models.system import Interlingua, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
 from interlingua.training.batches import TrainingStream
 from interlingua.training.recipe import interlingua_spec
@@ -36,7 +36,7 @@ def main() -> None:
     torch.manual_seed(config.runtime.seed)
     model = InterlinguaModel.from_pretrained(args.checkpoint) if args.checkpoint else InterlinguaModel(
         interlingua_spec(config, lms, encoder))
-    system = InterlinguaSystem(model.to(device).eval(), lms, encoder)
+    system = Interlingua(model.to(device).eval(), lms, encoder)
     examples = load_squad("train", config.data.source, config.data.train_limit, config.data.seed)
     stream = TrainingStream(examples, [lm.tokenizer for lm in lms.values()], config.data.max_prompt_tokens,
                             args.examples, 1, config.data.seed)
@@ -46,7 +46,7 @@ def main() -> None:
     with torch.no_grad():
         for key, lm in lms.items():
             targets = lm.answer_targets(batch.answers, config.loss.k_tokens)
-            z = system.encode(key, batch.texts, system.anchor(batch.texts))
+            z = system.encode_z(key, batch.texts)
             student = lm.target_logits(lm.soft_prefix(system.soft_prompt(key, z)), targets)
             teacher = lm.target_logits(lm.text_prefix(batch.texts), targets)
             exact = float(kd_loss(student, teacher, targets.mask, tau))

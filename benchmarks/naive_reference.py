@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from interlingua.losses import alignment_loss, contrastive_loss, k_token_ce, kd_loss, semantic_anchor_loss
-from interlingua.pipeline import semantic_anchor
 
 
 def _full_logits(lm, embeddings, mask):
@@ -28,7 +27,7 @@ def naive_step_loss(system, forward, texts, answers, config, sender_texts=None, 
     if config.w_rec:
         raise ValueError("the naive reference has no reconstruction term (loss.w_rec must be 0)")
     sender_texts = texts if sender_texts is None else sender_texts
-    anchor = semantic_anchor(system.model, system.encoder, sender_texts)  # recomputed every step
+    anchor = system.anchor(sender_texts)  # recomputed every step
     zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     gen, kd = [], []
     for key, lm in system.lms.items():

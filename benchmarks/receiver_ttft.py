@@ -30,7 +30,7 @@ from interlingua.data.squad import load_squad
 from interlingua.eval.latent import conditioning_of, prompt_texts, sender_texts
 from interlingua.models.frozen_lm import Prefix
 from interlingua.models.interlingua import InterlinguaModel
-from interlingua.pipeline import InterlinguaSystem, load_frozen_models
+from interlingua.models.system import Interlingua, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
 from interlingua.training.recipe import interlingua_spec
 
@@ -65,7 +65,7 @@ def main() -> None:
     else:
         torch.manual_seed(config.runtime.seed)
         model = InterlinguaModel(interlingua_spec(config, lms, encoder))
-    system = InterlinguaSystem(model.to(device).eval(), lms, encoder)
+    system = Interlingua(model.to(device).eval(), lms, encoder)
     examples = load_squad("validation", config.data.source, args.examples, config.data.seed)
     texts, sent = prompt_texts(system, examples, config), sender_texts(system, examples, config)
     conditioning = conditioning_of(system)
@@ -75,7 +75,7 @@ def main() -> None:
             "conditioning": conditioning.value, "models": {}}
     with torch.no_grad():
         for key, lm in lms.items():
-            zs = system.encode(key, sent, system.anchor(sent))  # the messages (sender side, not timed)
+            zs = system.encode_z(key, sent)  # the messages (sender side, not timed)
 
             def latent_prefix(indices: list[int]):
                 questions = [examples[i].question for i in indices] if hybrid else None

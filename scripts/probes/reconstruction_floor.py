@@ -22,9 +22,8 @@ import torch
 from interlingua.config import load_config
 from interlingua.data.prompts import sender_prompt
 from interlingua.data.squad import load_squad
-from interlingua.eval.jobs import load_checkpoint
 from interlingua.eval.latent import derangement
-from interlingua.pipeline import InterlinguaSystem, load_frozen_models
+from interlingua.models.system import Interlingua, load_checkpoint, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
 from interlingua.training.step import reconstruction_ce
 
@@ -66,11 +65,11 @@ def main() -> None:
                 stop - start, 0, lm.hidden_size, device=device, dtype=lm.dtype)
             rows["no soft prompt"][key] = _mean_ce(lm, texts, config.pretrain.tokens, empty)
         if model is not None:
-            system = InterlinguaSystem(model.to(device).eval(), lms, encoder)
+            system = Interlingua(model.to(device).eval(), lms, encoder)
             permutation = derangement(len(texts), config.runtime.seed)
             rows["own z"], rows["shuffled z"] = {}, {}
             for key, lm in lms.items():
-                soft = system.soft_prompt(key, system.encode(key, texts, system.anchor(texts)))  # (n, M, d)
+                soft = system.soft_prompt(key, system.encode_z(key, texts))  # (n, M, d)
                 rows["own z"][key] = _mean_ce(lm, texts, config.pretrain.tokens, lambda a, b, s=soft: s[a:b])
                 shuffled = soft[permutation]
                 rows["shuffled z"][key] = _mean_ce(lm, texts, config.pretrain.tokens, lambda a, b, s=shuffled: s[a:b])

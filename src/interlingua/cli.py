@@ -200,10 +200,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     """The native design before any training: ``<output_dir>/step_000000`` (evaluate it with ``eval``)."""
-    from interlingua.eval.artifacts import prepare_run_dir
-    from interlingua.pipeline import load_frozen_models
+    from interlingua.artifacts.files import prepare_run_dir
+    from interlingua.artifacts.layout import checkpoint_dir
+    from interlingua.models.system import load_frozen_models
     from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
-    from interlingua.training.checkpoint import checkpoint_dir
     from interlingua.training.recipe import initial_model
 
     config = resolve_config(args)

@@ -19,9 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
+from interlingua.errors import ConfigError
 
 
 class PromptFormat(str, Enum):

@@ -20,6 +20,8 @@ EVAL_SUBDIR = "eval"  # eval results of <run>/step_N go to <run>/eval/step_N (ne
 CHECKPOINT_CONFIG_FILE = "interlingua_config.json"
 CHECKPOINT_WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+TRAINER_STATE_VERSION = 1
+"""Format version of ``trainer_state.json``."""
 OPTIMIZER_STATE_FILE = "optimizer.safetensors"
 RUN_INFO_FILE = "run_info.json"  # command, git hash, versions, machine of a training run
 LATEST_CHECKPOINT_FILE = "latest"  # text: the folder name of the newest complete checkpoint

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interlingua.bridge.fit import BridgeSettings, load_or_fit_bridge
-from interlingua.bridge.vocab import id_bytes, shared_strings, token_bytes
 from interlingua.config import ModelConfig, PromptFormat
+from interlingua.models.bridge.fit import BridgeSettings, load_or_fit_bridge
+from interlingua.models.bridge.vocab import id_bytes, shared_strings, token_bytes
 from interlingua.models.frozen_lm import FrozenLM
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
+from interlingua.artifacts.layout import TRAINER_STATE_VERSION
+from interlingua.codec import decode_message, message_size
 from interlingua.config import config_to_dict, load_config
 from interlingua.constants import TRAINER_STATE_FILE
 from interlingua.data.prompts import context_prompt
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
-from interlingua.pipeline import frozen_model_info, load_frozen_models
-from interlingua.training.checkpoint import TRAINER_STATE_VERSION
-from interlingua.wire import decode_message, message_size
+from interlingua.models.system import frozen_model_info, load_frozen_models
 from interlingua.wire.service import generate_from_messages
 from tests.conftest import REPO_ROOT
 

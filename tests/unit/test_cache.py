@@ -8,12 +8,14 @@ import logging
 import pytest
 import torch
 
-from interlingua.cache import AnchorCache, KDTeacher, TensorStore, lm_fingerprint
+from interlingua.cache import AnchorCache, KDTeacher, TensorStore
 from interlingua.cache.install import install_caches
 from interlingua.config import AnchorKind, load_config
 from interlingua.losses import kd_loss
 from interlingua.models.encoder import SentenceEncoder
-from interlingua.pipeline import InterlinguaSystem, semantic_anchor
+from interlingua.models.frozen_lm import lm_fingerprint
+from interlingua.models.system import Interlingua
+from interlingua.training.step import kd_teacher
 from tests.conftest import SQUAD_MINI
 
 TEXTS = ["Context: The cat sat on the mat.\nQuestion: Where did the cat sit?\nAnswer:",
@@ -228,14 +230,14 @@ def test_install_caches_follows_the_config(tiny_lms, tmp_path):
     from interlingua.models.interlingua import InterlinguaModel
     from interlingua.training.recipe import interlingua_spec
 
-    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(config, tiny_lms, encoder)), tiny_lms, encoder)
+    system = Interlingua(InterlinguaModel(interlingua_spec(config, tiny_lms, encoder)), tiny_lms, encoder)
     stores = install_caches(system, config)
     assert len(stores) == 2 and system.anchor_cache is None
     assert all(t.top_k == 256 or t.top_k == t.lm.model.get_output_embeddings().out_features
                for t in system.teachers.values())
     with pytest.raises(ValueError, match="τ"):
-        system.kd_teacher("tiny-llama", 1.0)
-    assert semantic_anchor(system.model, encoder, TEXTS[:1]).states.shape[0] == 1
+        kd_teacher(system, "tiny-llama", 1.0)
+    assert system.anchor(TEXTS[:1]).states.shape[0] == 1
 
 
 def test_config_refuses_a_cached_full_vocabulary_teacher():

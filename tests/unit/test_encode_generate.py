@@ -1,5 +1,5 @@
 """Sender and receiver apart: `encode` (text -> message bytes) and `generate` (bytes -> answer) on the tiny
-models with random-initialised checkpoints, against the in-process path through InterlinguaSystem."""
+models with random-initialised checkpoints, against the in-process path through Interlingua."""
 
 import json
 import os
@@ -9,15 +9,15 @@ import sys
 import pytest
 import torch
 
+from interlingua.artifacts.layout import TRAINER_STATE_VERSION
 from interlingua.cli import main
+from interlingua.codec import WireFormatError, decode_message
 from interlingua.config import config_to_dict
 from interlingua.constants import TRAINER_STATE_FILE
 from interlingua.data.prompts import text_prompt
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
-from interlingua.pipeline import InterlinguaSystem, frozen_model_info
-from interlingua.training.checkpoint import TRAINER_STATE_VERSION
-from interlingua.wire import WireFormatError, decode_message
+from interlingua.models.system import Interlingua, frozen_model_info
 from interlingua.wire.service import encode_texts, generate_from_messages, read_prompt_file
 from tests.conftest import REPO_ROOT
 
@@ -59,9 +59,9 @@ def checkpoints(tmp_path_factory, tiny_lms, tiny_encoder, tiny_config):
 @pytest.fixture(scope="module")
 def direct(checkpoints, tiny_lms, tiny_encoder, tiny_config):
     """z of TEXTS read by SENDER and RECEIVER's answers, in one process, without the wire."""
-    system = InterlinguaSystem(InterlinguaModel.from_pretrained(checkpoints[0]).eval(), tiny_lms, tiny_encoder)
+    system = Interlingua(InterlinguaModel.from_pretrained(checkpoints[0]).eval(), tiny_lms, tiny_encoder)
     with torch.no_grad():
-        z = system.encode(SENDER, TEXTS, system.anchor(TEXTS))  # (2, d_inter)
+        z = system.encode_z(SENDER, TEXTS)  # (2, d_inter)
         soft = system.soft_prompt(RECEIVER, z)
     answers = tiny_lms[RECEIVER].generate_from_soft_prompt(soft, tiny_config.eval.max_new_tokens)
     assert len(set(answers)) == 2  # else comparing answers could not tell the two messages apart

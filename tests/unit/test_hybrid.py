@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from interlingua.artifacts.layout import TRAINER_STATE_VERSION
 from interlingua.cli import main
 from interlingua.config import Conditioning, ConfigError, config_from_dict, config_to_dict, load_config
 from interlingua.constants import ANSWER_CUE, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, TRAINER_STATE_FILE
@@ -28,11 +29,10 @@ from interlingua.data.squad import load_squad
 from interlingua.eval.jobs import eval_job, validation_examples
 from interlingua.eval.latent import derangement, evaluate_latent
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec, read_spec
-from interlingua.pipeline import InterlinguaSystem, frozen_model_info
+from interlingua.models.system import Interlingua, frozen_model_info
 from interlingua.training.batches import TrainingStream
-from interlingua.training.checkpoint import TRAINER_STATE_VERSION
 from interlingua.training.recipe import train
-from interlingua.training.step import LearnedForward, batch_loss
+from interlingua.training.step import batch_loss
 from interlingua.wire.service import (
     MessageInputError,
     encode_texts,
@@ -184,7 +184,7 @@ def test_hybrid_loss_sends_the_context_and_gives_the_student_the_question(tiny_l
     from interlingua.cache.teacher import KDTeacher
     from interlingua.models.frozen_lm import FrozenLM
 
-    system = InterlinguaSystem(hybrid_model(tiny_lms, tiny_encoder), tiny_lms, tiny_encoder)
+    system = Interlingua(hybrid_model(tiny_lms, tiny_encoder), tiny_lms, tiny_encoder)
     contexts, questions = ["Paris is in France.", CONTEXT], QUESTIONS[:2]
     texts = [text_prompt(c, q) for c, q in zip(contexts, questions)]
     senders = [context_prompt(c) for c in contexts]
@@ -194,7 +194,7 @@ def test_hybrid_loss_sends_the_context_and_gives_the_student_the_question(tiny_l
     monkeypatch.setattr(FrozenLM, "soft_prefix",
                         lambda self, s, **kw: seen["prefix"].append(kw.get("questions")) or soft_prefix(self, s, **kw))
     monkeypatch.setattr(KDTeacher, "kd_loss", lambda self, s, t, g: seen["teacher"].append(t) or kd(self, s, t, g))
-    out = batch_loss(system, LearnedForward(system), texts, ["France", "1889"], tiny().loss,
+    out = batch_loss(system, system, texts, ["France", "1889"], tiny().loss,
                      sender_texts=senders, questions=questions)
     assert torch.isfinite(out.total)
     assert seen["anchor"] == [senders]
@@ -210,9 +210,9 @@ def hybrid_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hybrid")
     config = tiny("interlingua.conditioning=hybrid", "train.steps=2", f"cache.dir={out / 'cache'}")
     seen = {"sent": [], "questions": []}  # what the recipe's batches gave the anchor and the student prefix
-    anchor, soft_prefix = InterlinguaSystem.anchor, FrozenLM.soft_prefix
+    anchor, soft_prefix = Interlingua.anchor, FrozenLM.soft_prefix
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(InterlinguaSystem, "anchor", lambda self, t: seen["sent"].extend(t) or anchor(self, t))
+        patch.setattr(Interlingua, "anchor", lambda self, t: seen["sent"].extend(t) or anchor(self, t))
         patch.setattr(FrozenLM, "soft_prefix",
                       lambda self, s, **kw: seen["questions"].append(kw.get("questions")) or soft_prefix(self, s, **kw))
         final = train(config, out / "run", progress=False)
@@ -246,7 +246,7 @@ def test_every_latent_row_reads_its_own_question(tiny_lms, tiny_encoder):
     """Shuffled = another example's z with *this* example's question; the same z with the z-example's
     question gives other answers (so the test can tell them apart)."""
     config = tiny("eval.limit=4")
-    system = InterlinguaSystem(hybrid_model(tiny_lms, tiny_encoder), tiny_lms, tiny_encoder)
+    system = Interlingua(hybrid_model(tiny_lms, tiny_encoder), tiny_lms, tiny_encoder)
     examples = validation_examples(config)
     rows, summary = evaluate_latent(system, examples, config, progress=False)
     assert summary["conditioning"] == "hybrid"
@@ -254,7 +254,7 @@ def test_every_latent_row_reads_its_own_question(tiny_lms, tiny_encoder):
     permutation = derangement(len(examples), config.runtime.seed)
     lm = tiny_lms["tiny-llama"]
     with torch.no_grad():
-        z = system.encode("tiny-llama", senders, system.anchor(senders))[permutation]
+        z = system.encode_z("tiny-llama", senders)[permutation]
         soft = system.soft_prompt("tiny-llama", z)
 
     def answers(questions):
@@ -294,10 +294,10 @@ WIRE_QUESTIONS = ["When was the tower finished?", "How many Nobel prizes did Cur
 @pytest.fixture(scope="module")
 def direct(checkpoints, tiny_lms, tiny_encoder):
     """Answers of tiny-llama from tiny-qwen2's z of each context and the question as text, in one process."""
-    system = InterlinguaSystem(InterlinguaModel.from_pretrained(checkpoints["hybrid"]).eval(), tiny_lms, tiny_encoder)
+    system = Interlingua(InterlinguaModel.from_pretrained(checkpoints["hybrid"]).eval(), tiny_lms, tiny_encoder)
     senders = [context_prompt(c) for c in CONTEXTS]
     with torch.no_grad():
-        soft = system.soft_prompt("tiny-llama", system.encode("tiny-qwen2", senders, system.anchor(senders)))
+        soft = system.soft_prompt("tiny-llama", system.encode_z("tiny-qwen2", senders))
     lm = tiny_lms["tiny-llama"]
     answers = lm.generate(lm.soft_prefix(soft, questions=WIRE_QUESTIONS), tiny().eval.max_new_tokens)
     assert len(set(answers)) == 2  # else comparing answers could not tell the messages apart

@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
+from interlingua.artifacts.layout import TRAINER_STATE_VERSION
+from interlingua.codec import decode_message, encode_message, error_bound
 from interlingua.config import (
     CompressionConfig,
     ConfigError,
@@ -28,7 +30,7 @@ from interlingua.constants import (
     TRAINER_STATE_FILE,
 )
 from interlingua.data.prompts import budgeted_text_prompt, shared_text_prompt, text_prompt
-from interlingua.eval.jobs import checkpoint_config, eval_job, validation_examples
+from interlingua.eval.jobs import eval_job, validation_examples
 from interlingua.eval.latent import (
     INFORMATION_FLOW_MARGIN_F1,
     SentZ,
@@ -44,9 +46,7 @@ from interlingua.eval.latent import (
     predictions_by_model,
 )
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec
-from interlingua.pipeline import InterlinguaSystem, frozen_model_info
-from interlingua.training.checkpoint import TRAINER_STATE_VERSION
-from interlingua.wire import decode_message, encode_message, error_bound
+from interlingua.models.system import Interlingua, checkpoint_config, frozen_model_info
 
 N_EXAMPLES = 4
 MODELS = ("tiny-llama", "tiny-qwen2")
@@ -262,7 +262,7 @@ def test_a_checkpoint_for_other_models_is_rejected(checkpoint, tiny_config, chan
 
 
 def test_latent_predictions_do_not_depend_on_the_batch_size(tiny_model, tiny_lms, tiny_encoder, tiny_config):
-    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     examples = validation_examples(replace(tiny_config, eval=replace(tiny_config.eval, limit=N_EXAMPLES)))
 
     def predictions(batch_size):
@@ -309,7 +309,7 @@ def _small_eval(tiny_config, **changes):
 
 @pytest.mark.parametrize("evaluate", [evaluate_latent, evaluate_own_latent])
 def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
-    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     decoded = []  # every z a receiver turns into a soft prompt
     original = system.soft_prompt
     monkeypatch.setattr(system, "soft_prompt", lambda key, z: decoded.append(z.clone()) or original(key, z))
@@ -330,10 +330,10 @@ def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encod
 
 
 def test_shared_sent_memo_encodes_once_per_checkpoint(tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
-    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     encodes = []
-    original = system.encode
-    monkeypatch.setattr(system, "encode", lambda key, *a: encodes.append(key) or original(key, *a))
+    original = system.encode_z
+    monkeypatch.setattr(system, "encode_z", lambda key, *a: encodes.append(key) or original(key, *a))
     memo = SentZ()
     results = {}
     for precision in (Precision.FP16, Precision.INT8, Precision.INT4):
@@ -354,7 +354,7 @@ def test_shared_sent_memo_encodes_once_per_checkpoint(tiny_model, tiny_lms, tiny
 
 
 def test_own_latent_rows_are_the_latent_rows_of_the_full_evaluation(tiny_model, tiny_lms, tiny_encoder, tiny_config):
-    system = InterlinguaSystem(tiny_model, tiny_lms, tiny_encoder)
+    system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     config, examples = _small_eval(tiny_config, compression=CompressionConfig(precision=Precision.INT8))
     own_rows, own = evaluate_own_latent(system, examples, config, progress=False)
     all_rows, full = evaluate_latent(system, examples, config, progress=False)

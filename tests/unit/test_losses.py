@@ -363,12 +363,12 @@ def test_nce_config_is_validated(override, expected):
 def _tiny_system(tiny_lms, tiny_config):
     from interlingua.models.encoder import SentenceEncoder
     from interlingua.models.interlingua import InterlinguaModel
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
     from interlingua.training.recipe import interlingua_spec
 
     encoder = SentenceEncoder("tiny-encoder")
     torch.manual_seed(0)
-    return InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    return Interlingua(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
 
 
 def test_batch_loss_computes_nce_only_when_weighted(tiny_lms, tiny_config, monkeypatch):
@@ -378,7 +378,7 @@ def test_batch_loss_computes_nce_only_when_weighted(tiny_lms, tiny_config, monke
     from tests.conftest import SQUAD_MINI
 
     system = _tiny_system(tiny_lms, tiny_config)
-    forward = step_module.LearnedForward(system)
+    forward = system
     stream = TrainingStream(load_squad("train", str(SQUAD_MINI), None, 0), [lm.tokenizer for lm in tiny_lms.values()],
                             tiny_config.data.max_prompt_tokens, 4, 1, 0)
     micro = stream.micro_batches(0)[0]

@@ -8,7 +8,10 @@ import json
 import pytest
 import torch
 
-from interlingua.bridge.fit import (
+from interlingua.config import ConfigError, ModelConfig, PromptFormat, config_from_dict, config_to_dict, load_config
+from interlingua.data.prompts import context_prompt, question_suffix, text_prompt
+from interlingua.eval.jobs import eval_job
+from interlingua.models.bridge.fit import (
     BRIDGE_METRICS_FILE,
     BridgeSettings,
     bridge_cache_key,
@@ -16,14 +19,11 @@ from interlingua.bridge.fit import (
     load_or_fit_bridge,
     unit_embeddings,
 )
-from interlingua.bridge.vocab import id_bytes, shared_strings, token_bytes
-from interlingua.config import ConfigError, ModelConfig, PromptFormat, config_from_dict, config_to_dict, load_config
-from interlingua.data.prompts import context_prompt, question_suffix, text_prompt
-from interlingua.eval.jobs import eval_job
+from interlingua.models.bridge.vocab import id_bytes, shared_strings, token_bytes
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import InterlinguaModel
 from interlingua.models.native import Latent, NativeInterlingua, WindowPool
-from interlingua.pipeline import InterlinguaSystem
+from interlingua.models.system import Interlingua
 from interlingua.training.recipe import initial_model, train
 from tests.conftest import SQUAD_MINI
 
@@ -52,7 +52,7 @@ def three_system(three_lms):
     encoder = SentenceEncoder(config.encoder)
     torch.manual_seed(0)
     model = initial_model(config, three_lms, encoder)
-    return InterlinguaSystem(model, three_lms, encoder), config
+    return Interlingua(model, three_lms, encoder, config), config
 
 
 # ---- vocabulary ------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_cached_fit_is_reused_and_rebuilt_when_a_model_changes(tmp_path, monkeyp
     settings = BridgeSettings(d_inter=16)
     first = load_or_fit_bridge(lms, settings, cache_dir=tmp_path)
     calls = []
-    import interlingua.bridge.fit as fit_module
+    import interlingua.models.bridge.fit as fit_module
 
     real_fit = fit_module.fit_bridge
     monkeypatch.setattr(fit_module, "fit_bridge", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
@@ -136,7 +136,7 @@ def test_step_zero_encoder_is_the_fitted_map(three_system):
     for key, lm in system.lms.items():
         embeddings, mask = _embedded(lm, TEXTS)
         with torch.no_grad():
-            latent = system.encode(key, TEXTS, system.anchor(TEXTS))
+            latent = system.encode_z(key, TEXTS)
         expected = fit.encode(key, embeddings / lm.embedding_rms) * mask.unsqueeze(-1)
         assert isinstance(latent, Latent) and torch.equal(latent.mask, mask)
         torch.testing.assert_close(latent.z, expected, rtol=0, atol=0)  # refiner output projection starts at 0
@@ -148,7 +148,7 @@ def test_step_zero_vocabulary_decoder_returns_own_embeddings(three_system):
     for key, lm in system.lms.items():
         embeddings, mask = _embedded(lm, TEXTS)
         with torch.no_grad():
-            soft = system.model.soft_prompt(key, system.encode(key, TEXTS, system.anchor(TEXTS)))
+            soft = system.model.soft_prompt(key, system.encode_z(key, TEXTS))
         torch.testing.assert_close(soft.embeddings[mask], embeddings[mask], rtol=1e-4, atol=1e-5 * lm.embedding_rms)
 
 
@@ -159,10 +159,10 @@ def test_step_zero_linear_decoder_is_the_fitted_map(three_lms):
     encoder = SentenceEncoder(config.encoder)
     model = initial_model(config, three_lms, encoder)
     fit = load_or_fit_bridge(three_lms, BridgeSettings(d_inter=config.interlingua.d_inter))
-    system = InterlinguaSystem(model, three_lms, encoder)
+    system = Interlingua(model, three_lms, encoder)
     lm = three_lms["tiny-gemma"]
     with torch.no_grad():
-        latent = system.encode("tiny-llama", TEXTS, system.anchor(TEXTS))
+        latent = system.encode_z("tiny-llama", TEXTS)
         soft = model.soft_prompt("tiny-gemma", latent)
     expected = fit.decode("tiny-gemma", latent.z) * lm.embedding_rms * latent.mask.unsqueeze(-1)
     torch.testing.assert_close(soft.embeddings, expected, rtol=1e-5, atol=1e-6)
@@ -214,7 +214,7 @@ def test_native_checkpoint_round_trip(three_system, tmp_path):
     for name, tensor in system.model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
     loaded.attach_vocabularies(system.lms)
-    latent = system.encode("tiny-qwen2", TEXTS, system.anchor(TEXTS))
+    latent = system.encode_z("tiny-qwen2", TEXTS)
     with torch.no_grad():
         torch.testing.assert_close(loaded.soft_prompt("tiny-gemma", latent).embeddings,
                                    system.model.soft_prompt("tiny-gemma", latent).embeddings)
@@ -223,7 +223,7 @@ def test_native_checkpoint_round_trip(three_system, tmp_path):
 def test_decoding_batched_equals_one_at_a_time(three_system):
     system, _ = three_system
     with torch.no_grad():
-        latent = system.encode("tiny-gemma", TEXTS, system.anchor(TEXTS))
+        latent = system.encode_z("tiny-gemma", TEXTS)
         batched = system.model.soft_prompt("tiny-llama", latent)
         for i in range(len(TEXTS)):
             alone = system.model.soft_prompt("tiny-llama", Latent.from_rows([latent.rows()[i]]))
@@ -262,16 +262,30 @@ def test_training_changes_only_the_residual_branches_when_maps_are_fixed(three_l
     assert unit_embeddings(three_lms["tiny-llama"]).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
 
 
-def test_wire_commands_refuse_a_native_checkpoint(three_system, tmp_path):
-    from interlingua.config import save_config
-    from interlingua.models.interlingua import CheckpointError
-    from interlingua.wire.service import encode_texts
+def test_native_messages_cross_the_wire_and_decode_as_in_memory(three_system, tmp_path):
+    """encode / generate of a saved native checkpoint (each side loading only its own models) give the
+    in-memory system's answers; each message is one (T_i, d_inter) z per prompt, also at int8."""
+    from interlingua.config import Conditioning, save_config
+    from interlingua.wire.service import encode_texts, generate_from_messages
 
     system, config = three_system
-    system.model.save_pretrained(tmp_path / "step_000000")
+    step = tmp_path / "step_000000"
+    system.model.save_pretrained(step)
     save_config(config, tmp_path / "config.yaml")
-    with pytest.raises(CheckpointError, match="native-design"):
-        encode_texts(tmp_path / "step_000000", ["Context: x"], sender="tiny-llama")
+    hybrid = system.conditioning == Conditioning.HYBRID
+    prompts = ["Context: the river runs north to the sea.", "Context: café prices rose in 1905."]
+    questions = ["Where does it run?", "When?"] if hybrid else None
+    with torch.no_grad():
+        message = system.encode(prompts, sender="tiny-llama")
+        direct = system.generate(message, receiver="tiny-gemma", question=questions)
+    lengths = [len(system.lms["tiny-llama"].tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    assert [tuple(z.shape) for z in message.z] == [(n, config.interlingua.d_inter) for n in lengths]
+    payloads = encode_texts(step, prompts, sender="tiny-llama")
+    assert payloads == message.payloads  # the same bytes from a sender that loaded nothing but its own model
+    assert generate_from_messages(step, payloads, "tiny-gemma", questions=questions) == direct
+    int8 = encode_texts(step, prompts, sender="tiny-llama", overrides=["compression.precision=int8"])
+    assert sum(map(len, int8)) < 0.4 * message.nbytes
+    assert len(generate_from_messages(step, int8, "tiny-gemma", questions=questions)) == 2
 
 
 def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from interlingua.cli import main as cli_main
+from interlingua.codec import encode_message, message_size
 from interlingua.config import ConfigError, Precision
 from interlingua.constants import CHECKPOINT_WEIGHTS_FILE, LATEST_CHECKPOINT_FILE, METRICS_LOG_FILE
 from interlingua.eval.baselines import BASELINE_MODES
@@ -26,7 +27,6 @@ from interlingua.sweep.pareto import pareto_figure, reference_points
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.table import cell_rows
 from interlingua.training import recipe
-from interlingua.wire import encode_message, message_size
 from tests.conftest import REPO_ROOT, SQUAD_MINI
 
 SWEEPS = REPO_ROOT / "configs" / "sweeps"

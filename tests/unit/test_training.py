@@ -49,7 +49,7 @@ from interlingua.training.recipe import (
     stage_of,
     train,
 )
-from interlingua.training.step import LearnedForward, Stage, batch_loss, loss_norm, reconstruction_targets
+from interlingua.training.step import Stage, batch_loss, loss_norm, reconstruction_targets
 from tests.conftest import REPO_ROOT, SQUAD_MINI
 
 
@@ -183,13 +183,13 @@ def test_keep_checkpoints_bounds_the_folders_and_resume_still_works(tmp_path, mo
 # ---- frozen is frozen, gradients reach the learned modules -------------------------------------
 def test_step_changes_only_learned_weights(tiny_lms, tiny_config):
     from interlingua.models.encoder import SentenceEncoder
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
 
     encoder = SentenceEncoder("tiny-encoder")
     torch.manual_seed(0)
     model = InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder))
-    system = InterlinguaSystem(model, tiny_lms, encoder)
-    forward = LearnedForward(system)
+    system = Interlingua(model, tiny_lms, encoder)
+    forward = system
     assert {id(p) for p in forward.parameters()} == {id(p) for p in model.parameters()}
     frozen = {f"{key}/{n}": t.clone() for key, lm in tiny_lms.items() for n, t in lm.model.state_dict().items()}
     frozen |= {f"encoder/{n}": t.clone() for n, t in encoder.model.state_dict().items()}
@@ -217,15 +217,15 @@ def test_step_changes_only_learned_weights(tiny_lms, tiny_config):
 def test_zero_weight_skips_the_teacher(tiny_lms, tiny_config, monkeypatch):
     from interlingua.config import LossConfig
     from interlingua.models.encoder import SentenceEncoder
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
 
     encoder = SentenceEncoder("tiny-encoder")
-    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    system = Interlingua(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
     calls = []
     for lm in tiny_lms.values():
         monkeypatch.setattr(lm, "text_prefix", lambda prompts: calls.append(prompts))
     micro = _stream(tiny_config, tiny_lms, batch_size=2, grad_accum=1).micro_batches(0)[0]
-    out = batch_loss(system, LearnedForward(system), micro.texts, micro.answers, LossConfig(w_kd=0.0))
+    out = batch_loss(system, system, micro.texts, micro.answers, LossConfig(w_kd=0.0))
     assert calls == [] and set(out.terms) == {"gen", "align", "sem", "total"}
 
 
@@ -550,15 +550,16 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
     from interlingua.constants import RECONSTRUCTION_CUE
     from interlingua.losses import k_token_ce
     from interlingua.models.encoder import SentenceEncoder
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
 
     encoder = SentenceEncoder("tiny-encoder")
     torch.manual_seed(0)
-    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
-    monkeypatch.setattr(system, "kd_teacher", lambda *args: pytest.fail("no KD teacher in the reconstruction stage"))
+    system = Interlingua(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    monkeypatch.setattr("interlingua.training.step.kd_teacher",
+                        lambda *args: pytest.fail("no KD teacher in the reconstruction stage"))
     micro = _stream(tiny_config, tiny_lms, batch_size=3, grad_accum=1).micro_batches(0)[0]
     texts = micro.texts[:2] + ["Context: short\nQuestion: q?\nAnswer:"]  # shorter than R in one tokenizer
-    out = batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(),
+    out = batch_loss(system, system, texts, micro.answers, LossConfig(),
                      stage=Stage.RECONSTRUCT, rec_tokens=40)
     assert set(out.terms) == {"rec", "align", "sem", "total"}
     expected = 0.0
@@ -575,22 +576,22 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
     norm = loss_norm(tiny_lms, micro.answers, 4, texts, rec_tokens=40)
     assert norm.rec_positions == {k: int(reconstruction_targets(lm, texts, 40).mask.sum())
                                   for k, lm in tiny_lms.items()}
-    normed = batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(), norm,
+    normed = batch_loss(system, system, texts, micro.answers, LossConfig(), norm,
                         stage=Stage.RECONSTRUCT, rec_tokens=40)
     assert normed.terms["rec"] == pytest.approx(out.terms["rec"], rel=1e-5)
     with pytest.raises(ValueError, match="rec_tokens > 0"):
-        batch_loss(system, LearnedForward(system), texts, micro.answers, LossConfig(), stage=Stage.RECONSTRUCT)
+        batch_loss(system, system, texts, micro.answers, LossConfig(), stage=Stage.RECONSTRUCT)
 
 
 def test_reconstruction_loss_decreases_with_training(tiny_lms, tiny_config):
     from interlingua.config import LossConfig
     from interlingua.models.encoder import SentenceEncoder
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
 
     encoder = SentenceEncoder("tiny-encoder")
     torch.manual_seed(0)
-    system = InterlinguaSystem(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
-    forward = LearnedForward(system)
+    system = Interlingua(InterlinguaModel(interlingua_spec(tiny_config, tiny_lms, encoder)), tiny_lms, encoder)
+    forward = system
     optimizer = torch.optim.AdamW(forward.parameters(), lr=1e-2)
     micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
     config = LossConfig(w_align=0.0, w_sem=0.0)
@@ -682,7 +683,7 @@ def test_grad_accum_matches_one_big_batch_in_both_stages(tmp_path):
 
 
 def test_training_curves_show_the_terms_of_both_stages(pretrain_run):
-    from interlingua.eval.plots import loss_terms
+    from interlingua.artifacts.plots import loss_terms
 
     terms = loss_terms(metrics_rows(pretrain_run[0]))
     assert {"rec", "gen", "kd"} <= set(terms)
@@ -691,23 +692,24 @@ def test_training_curves_show_the_terms_of_both_stages(pretrain_run):
 # ---- compression: quantisation-aware training and the L1 term (issue #4) ----------------------
 def _tiny_system(lms, config):
     from interlingua.models.encoder import SentenceEncoder
-    from interlingua.pipeline import InterlinguaSystem
+    from interlingua.models.system import Interlingua
 
     encoder = SentenceEncoder("tiny-encoder")
     torch.manual_seed(0)
-    return InterlinguaSystem(InterlinguaModel(interlingua_spec(config, lms, encoder)), lms, encoder)
+    return Interlingua(InterlinguaModel(interlingua_spec(config, lms, encoder)), lms, encoder)
 
 
 def test_qat_soft_prompt_is_made_from_the_wire_z(tiny_lms, tiny_config):
+    from interlingua.codec import dequantize, quantize
     from interlingua.config import CompressionConfig, Precision
-    from interlingua.wire import dequantize, quantize
 
     system = _tiny_system(tiny_lms, tiny_config)
     texts = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0].texts
     anchor = system.anchor(texts)
     qat = CompressionConfig(precision=Precision.INT4, group_size=8, qat=True)
-    zs, soft_prompts, _ = LearnedForward(system, qat)(texts, anchor)
-    plain_zs, plain_prompts, _ = LearnedForward(system)(texts, anchor)
+    plain_zs, plain_prompts, _ = system(texts, anchor)
+    system.compression = qat
+    zs, soft_prompts, _ = system(texts, anchor)
     for key, z in zs.items():
         assert torch.equal(z, plain_zs[key])  # the losses on z see the unquantised z
         wire = torch.stack([dequantize(quantize(row, Precision.INT4, 8)) for row in z.detach()])  # (B, d_inter)
@@ -717,8 +719,8 @@ def test_qat_soft_prompt_is_made_from_the_wire_z(tiny_lms, tiny_config):
         assert torch.equal(soft_prompts[key].detach(), expected)  # bit for bit
         assert not torch.equal(plain_prompts[key], soft_prompts[key])
     # qat=false (the default) leaves the adapters reading z as is
-    off = LearnedForward(system, CompressionConfig(precision=Precision.INT4, group_size=8, qat=False))
-    assert all(torch.equal(a, b) for a, b in zip(off(texts, anchor)[1].values(), plain_prompts.values()))
+    system.compression = CompressionConfig(precision=Precision.INT4, group_size=8, qat=False)
+    assert all(torch.equal(a, b) for a, b in zip(system(texts, anchor)[1].values(), plain_prompts.values()))
 
 
 def test_qat_gradients_pass_straight_through_to_the_aligner(tiny_lms, tiny_config):
@@ -726,7 +728,8 @@ def test_qat_gradients_pass_straight_through_to_the_aligner(tiny_lms, tiny_confi
 
     system = _tiny_system(tiny_lms, tiny_config)
     micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
-    forward = LearnedForward(system, CompressionConfig(precision=Precision.INT4, group_size=8, qat=True))
+    system.compression = CompressionConfig(precision=Precision.INT4, group_size=8, qat=True)
+    forward = system
     only_gen = LossConfig(w_align=0.0, w_sem=0.0, w_kd=0.0)  # the aligner learns only through the soft prompt
     batch_loss(system, forward, micro.texts, micro.answers, only_gen).total.backward()
     for name, param in system.model.aligner.named_parameters():
@@ -738,7 +741,7 @@ def test_l1_term_is_the_mean_absolute_z_and_absent_at_zero(tiny_lms, tiny_config
     from interlingua.config import LossConfig
 
     system = _tiny_system(tiny_lms, tiny_config)
-    forward = LearnedForward(system)
+    forward = system
     micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
     off = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0))
     on = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0), l1=0.5)
@@ -764,12 +767,12 @@ def test_combine_losses_takes_the_l1_weight_from_compression():
 
 
 def test_training_with_qat_and_l1_quantises_and_logs_l1(tmp_path, monkeypatch):
-    import interlingua.training.step as step_module
+    import interlingua.models.system as system_module
     from interlingua.config import Precision
 
     calls = []
-    original = step_module.fake_quantize
-    monkeypatch.setattr(step_module, "fake_quantize", lambda z, p, g: calls.append((p, g)) or original(z, p, g))
+    original = system_module.fake_quantize
+    monkeypatch.setattr(system_module, "fake_quantize", lambda z, p, g: calls.append((p, g)) or original(z, p, g))
     config = tiny("compression.qat=true", "compression.precision=int8", "compression.group_size=16",
                   "compression.l1=0.01", "train.steps=1", "train.warmup_steps=0")
     train(config, tmp_path, progress=False)

@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from interlingua.config import Precision
-from interlingua.wire import (
+from interlingua.codec import (
     MAGIC,
     WireFormatError,
     decode_message,
@@ -25,8 +24,9 @@ from interlingua.wire import (
     message_size,
     quantize,
 )
-from interlingua.wire.message import FIXED_HEADER, PRECISION_CODES
-from interlingua.wire.quantize import INT_LEVELS, pack_int4, unpack_int4
+from interlingua.codec.message import FIXED_HEADER, PRECISION_CODES
+from interlingua.codec.quantize import INT_LEVELS, pack_int4, unpack_int4
+from interlingua.config import Precision
 
 CKPT = "0123456789abcdef"
 OTHER_CKPT = "fedcba9876543210"

@@ -9,6 +9,6 @@ later runs.
 
 from interlingua.cache.anchor import AnchorCache
 from interlingua.cache.store import TensorStore, cache_settings_hash
-from interlingua.cache.teacher import KDTeacher, TeacherTargets, lm_fingerprint
+from interlingua.cache.teacher import KDTeacher, TeacherTargets
 
-__all__ = ["AnchorCache", "KDTeacher", "TeacherTargets", "TensorStore", "cache_settings_hash", "lm_fingerprint"]
+__all__ = ["AnchorCache", "KDTeacher", "TeacherTargets", "TensorStore", "cache_settings_hash"]

@@ -7,14 +7,14 @@ import hashlib
 import torch
 from torch import Tensor
 
-from interlingua.cache.teacher import lm_fingerprint
 from interlingua.config import AnchorKind
+from interlingua.models.frozen_lm import lm_fingerprint
 
 ANCHOR_CACHE_VERSION = 1
 
 
 class AnchorCache:
-    """``texts -> (states, mask)`` like ``pipeline.semantic_anchor``, reading cached rows.
+    """``texts -> (states, mask)`` like ``Interlingua.anchor``, reading cached rows.
 
     Args:
         encoder: the frozen ``SentenceEncoder``.

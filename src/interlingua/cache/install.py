@@ -25,7 +25,7 @@ def install_caches(system, config: Config, any_process: Optional[Callable[[bool]
     """Give ``system`` its KD teachers and anchor cache as ``config.cache`` asks.
 
     Args:
-        system: an ``InterlinguaSystem``; ``system.teachers`` / ``system.anchor_cache`` are set.
+        system: an ``Interlingua``; ``system.teachers`` / ``system.anchor_cache`` are set.
         config: ``cache.*``, ``loss.kd_temperature``, ``loss.w_kd``, ``interlingua.anchor``.
         any_process: the teachers' collective hook where the frozen LLMs are sharded (see :class:`KDTeacher`).
     Returns:

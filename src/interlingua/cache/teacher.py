@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from interlingua.losses import compress_teacher_logits, kd_loss, kd_loss_topk
-from interlingua.models.frozen_lm import FrozenLM, Targets
+from interlingua.models.frozen_lm import FrozenLM, Targets, lm_fingerprint
 
 TEACHER_CACHE_VERSION = 1  # bump when the stored form or the teacher's forward changes
 
@@ -36,23 +36,6 @@ class TeacherTargets:
     topk_logits: Tensor
     topk_ids: Tensor
     logsumexp: Tensor
-
-
-def lm_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of a model's architecture config, dtype and a strided sample of every weight.
-
-    Cheap (reads ~1k values per tensor) and changes with any re-quantisation, fine-tune or dtype change.
-    """
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
-    with torch.no_grad():
-        for name, param in sorted(model.state_dict().items()):
-            flat = param.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 1024)].to("cpu", torch.float64)
-            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
-            digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class KDTeacher:

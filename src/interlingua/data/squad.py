@@ -15,12 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from interlingua.constants import ENV_SQUAD_DIR, SQUAD_FILES, SQUAD_HUB_ID
+from interlingua.errors import SquadDataError
 
 SPLITS = ("train", "validation")
 
-
-class SquadDataError(ValueError):
-    """SQuAD data is missing or malformed; the message names the file and what to do."""
 
 
 @dataclass(frozen=True)

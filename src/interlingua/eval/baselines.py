@@ -15,12 +15,12 @@ from typing import Iterable, Sequence
 
 import torch
 
+from interlingua.artifacts.files import gzip_bytes, utf8_bytes
 from interlingua.config import Config
 from interlingua.data.prompts import BudgetedPrompt, budgeted_text_prompt, question_only_prompt
 from interlingua.data.squad import SquadExample
-from interlingua.eval.artifacts import gzip_bytes, utf8_bytes
-from interlingua.eval.generation import generate_batched
 from interlingua.eval.metrics import per_example_scores
+from interlingua.models.batching import generate_batched
 from interlingua.models.frozen_lm import FrozenLM
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from interlingua.constants import METRICS_FILE, METRICS_LOG_FILE, PREDICTIONS_FILE
+from interlingua.errors import CompareError
 from interlingua.eval.latent import changed_by_shuffle
-
-
-class CompareError(ValueError):
-    """A run folder given to ``compare`` lacks what the comparison reads; the message names it."""
 
 
 def eval_metrics_path(run_dir: Path) -> Path:

@@ -30,17 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interlingua.artifacts.files import gzip_bytes, utf8_bytes
+from interlingua.codec.message import message_size
+from interlingua.codec.quantize import FLOAT_DTYPES, dequantize, quantize
 from interlingua.config import CompressionConfig, Conditioning, Config, ConfigError, Precision
 from interlingua.data.prompts import sender_prompt, shared_text_prompt
 from interlingua.data.squad import SquadExample
-from interlingua.eval.artifacts import gzip_bytes, utf8_bytes
 from interlingua.eval.baselines import summarize
-from interlingua.eval.generation import generate_batched
 from interlingua.eval.metrics import normalize_answer, normalized_equal, per_example_scores
 from interlingua.losses import collapse_diagnostics
-from interlingua.pipeline import InterlinguaSystem
-from interlingua.wire.message import message_size
-from interlingua.wire.quantize import FLOAT_DTYPES, dequantize, quantize
+from interlingua.models.batching import generate_batched
+from interlingua.models.system import Interlingua
 
 LATENT_MODES = ("latent", "shuffled", "cross")
 INFORMATION_FLOW_MARGIN_F1 = 2.0
@@ -48,7 +48,7 @@ INFORMATION_FLOW_MARGIN_F1 = 2.0
 
 
 def evaluate_latent(
-    system: InterlinguaSystem,
+    system: Interlingua,
     examples: Sequence[SquadExample],
     config: Config,
     text_rows: Sequence[dict] | None = None,
@@ -95,7 +95,7 @@ def evaluate_latent(
 
 
 def evaluate_own_latent(
-    system: InterlinguaSystem,
+    system: Interlingua,
     examples: Sequence[SquadExample],
     config: Config,
     progress: bool = True,
@@ -133,12 +133,12 @@ def evaluate_own_latent(
 
 
 # ---- sending and receiving ---------------------------------------------------------------------
-def conditioning_of(system: InterlinguaSystem) -> Conditioning:
+def conditioning_of(system: Interlingua) -> Conditioning:
     """``interlingua.conditioning`` the learned modules were trained with."""
     return system.model.spec.interlingua.conditioning
 
 
-def prompt_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> list[str]:
+def prompt_texts(system: Interlingua, examples: Sequence[SquadExample], config: Config) -> list[str]:
     """The raw text prompt of each example (``Context: …\\nQuestion: …\\nAnswer:``), the same as training
     reads: cut to fit ``data.max_prompt_tokens`` in every model's tokenizer."""
     tokenizers = [lm.tokenizer for lm in system.lms.values()]
@@ -146,7 +146,7 @@ def prompt_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], co
     return [shared_text_prompt(tokenizers, e.context, e.question, budget) for e in examples]
 
 
-def sender_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> list[str]:
+def sender_texts(system: Interlingua, examples: Sequence[SquadExample], config: Config) -> list[str]:
     """What each example sends, the same for every sender and the anchor and the same as training reads:
     :func:`prompt_texts` (``full``) or ``Context: …`` alone (``hybrid``), cut to fit every tokenizer."""
     tokenizers = [lm.tokenizer for lm in system.lms.values()]
@@ -154,21 +154,13 @@ def sender_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], co
     return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
 
 
-def encode_all(system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool) -> Tensor:
-    """``z`` of every text read through ``sender``, batched by ``eval.batch_size``.
+def encode_all(system: Interlingua, sender: str, texts: Sequence[str], config: Config, progress: bool) -> Tensor:
+    """``z`` of every text read through ``sender`` (:meth:`Interlingua.encode_rows`, ``eval.batch_size``).
 
     Returns:
         ``(n, d_inter)`` or ``(n, M, d_inter)`` fp32 on the CPU, in the order of ``texts``.
     """
-    def encode(batch: list[str]) -> list[Tensor]:
-        with torch.no_grad():
-            z = system.encode(sender, batch, system.anchor(batch))  # (b, ...) on system.device
-        return list(z.float().cpu())
-
-    rows = generate_batched(
-        texts, encode, config.eval.batch_size, length=len, desc=f"{sender} encode", progress=progress
-    )
-    return torch.stack(rows)  # (n, d_inter) or (n, M, d_inter)
+    return torch.stack(system.encode_rows(sender, texts, config.eval.batch_size, progress))
 
 
 class SentZ:
@@ -183,7 +175,7 @@ class SentZ:
         self._z: dict[tuple[str, tuple[str, ...]], Tensor] = {}
 
     def encoder(
-        self, system: InterlinguaSystem, texts: Sequence[str], config: Config, progress: bool
+        self, system: Interlingua, texts: Sequence[str], config: Config, progress: bool
     ) -> Callable[[str], Tensor]:
         """``sender -> z`` of ``texts``, encoding only what this memo does not hold yet."""
         fingerprint = system.model.fingerprint()
@@ -218,7 +210,7 @@ def received_z(z: Tensor, compression: CompressionConfig) -> Tensor:
 
 
 def decode_rows(
-    system: InterlinguaSystem,
+    system: Interlingua,
     examples: Sequence[SquadExample],
     z: Tensor,
     sender: str,
@@ -292,7 +284,7 @@ def _eval_mode(module: torch.nn.Module):
 
 # ---- summary -----------------------------------------------------------------------------------
 def latent_summary(
-    system: InterlinguaSystem,
+    system: Interlingua,
     rows: Sequence[dict],
     zs: dict[str, Tensor],
     texts: Sequence[str],
@@ -405,7 +397,7 @@ def changed_by_shuffle(rows: Iterable[dict], ids: Sequence[str]) -> dict[str, fl
 
 
 def message_sizes(
-    system: InterlinguaSystem,
+    system: Interlingua,
     key: str,
     z: Tensor,
     texts: Sequence[str],

@@ -27,17 +27,15 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from interlingua.artifacts.files import gzip_bytes, utf8_bytes, write_json, write_jsonl
+from interlingua.codec.message import message_size
+from interlingua.codec.quantize import FLOAT_DTYPES
 from interlingua.config import Conditioning, Config, ConfigError, Precision
-from interlingua.data.prompts import question_suffix, sender_prompt
+from interlingua.data.prompts import sender_prompt
 from interlingua.data.squad import SquadExample
-from interlingua.eval.artifacts import gzip_bytes, utf8_bytes, write_json, write_jsonl
 from interlingua.eval.baselines import summarize
-from interlingua.eval.generation import generate_batched
 from interlingua.eval.latent import _eval_mode, _row, agreement, derangement, interlingua_distance, received_z
-from interlingua.models.native import Latent
-from interlingua.pipeline import InterlinguaSystem
-from interlingua.wire.message import message_size
-from interlingua.wire.quantize import FLOAT_DTYPES
+from interlingua.models.system import Interlingua, answers_from_soft
 
 FLOW_MARGIN_F1 = 3.0
 """F1 points a pair's latent row must beat its own shuffled-z row by (issue #15's target)."""
@@ -79,7 +77,7 @@ def finished_passes_table(passes_dir: Path, text_rows: Sequence[dict] | None = N
     """Markdown table of the passes a (possibly unfinished) evaluation has written so far: per pass its
     n, latent/cross F1, its own shuffled-z F1, the margin and the share of the receiver's text F1 on the
     same examples (from ``text_rows``, the ``text`` mode rows of a baselines run)."""
-    from interlingua.eval.artifacts import markdown_table
+    from interlingua.artifacts.files import markdown_table
 
     rows = [json.loads(line) for path in sorted(Path(passes_dir).glob("*.jsonl"))
             for line in path.read_text().splitlines()]
@@ -100,7 +98,7 @@ def finished_passes_table(passes_dir: Path, text_rows: Sequence[dict] | None = N
                            "share of text"], table)
 
 
-def pass_settings(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config) -> dict:
+def pass_settings(system: Interlingua, examples: Sequence[SquadExample], config: Config) -> dict:
     """What the rows of a pass depend on besides its (conditioning, sender, receiver)."""
     return {
         "fingerprint": system.model.fingerprint(), "ids": [e.id for e in examples],
@@ -111,7 +109,7 @@ def pass_settings(system: InterlinguaSystem, examples: Sequence[SquadExample], c
 
 
 def evaluate_native(
-    system: InterlinguaSystem,
+    system: Interlingua,
     examples: Sequence[SquadExample],
     config: Config,
     text_rows: Sequence[dict] | None = None,
@@ -133,13 +131,14 @@ def evaluate_native(
     with _eval_mode(system.model):
         for conditioning in (Conditioning(c) for c in config.eval.conditionings):
             texts = sent_texts(system, examples, config, conditioning)
-            latents = {a: received_rows(encode_rows(system, a, texts, config, progress), config) for a in system.lms}
+            latents = {a: received_rows(system.encode_rows(a, texts, config.eval.batch_size, progress), config)
+                       for a in system.lms}
             rows += decode_all(system, examples, latents, conditioning, config, progress, store)
             runs[conditioning.value] = (texts, latents)
     return rows, native_summary(system, rows, runs, [e.id for e in examples], text_rows, config)
 
 
-def sent_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], config: Config,
+def sent_texts(system: Interlingua, examples: Sequence[SquadExample], config: Config,
                conditioning: Conditioning) -> list[str]:
     """What every sender reads for each example: cut to fit ``data.max_prompt_tokens`` in every tokenizer."""
     tokenizers = [lm.tokenizer for lm in system.lms.values()]
@@ -147,66 +146,30 @@ def sent_texts(system: InterlinguaSystem, examples: Sequence[SquadExample], conf
     return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
 
 
-def encode_rows(
-    system: InterlinguaSystem, sender: str, texts: Sequence[str], config: Config, progress: bool
-) -> list[Tensor]:
-    """Each text read through ``sender`` -> its z, one ``(T_i, d_inter)`` fp32 CPU tensor per text."""
-    def encode(batch: list[str]) -> list[Tensor]:
-        with torch.no_grad():
-            latent = system.encode(sender, batch, system.anchor(batch))
-        return [row.float().cpu() for row in latent.rows()]
-
-    return generate_batched(list(texts), encode, config.eval.batch_size, length=len, desc=f"{sender} encode",
-                            progress=progress)
-
-
 def received_rows(rows: list[Tensor], config: Config) -> list[Tensor]:
     """Each message's z as the wire delivers it at ``compression.precision`` / ``group_size``."""
     return [received_z(row.unsqueeze(0), config.compression)[0] for row in rows]
 
 
-def soft_rows(system: InterlinguaSystem, receiver: str, z_rows: list[Tensor], config: Config,
-              progress: bool, desc: str) -> list[Tensor]:
-    """Receiver ``receiver``'s soft tokens of each z, one ``(T_i, d_receiver)`` tensor per message."""
-    def decode(batch: list[Tensor]) -> list[Tensor]:
-        with torch.no_grad():
-            soft = system.model.soft_prompt(receiver, Latent.from_rows(batch).to(system.device))
-        return [row[mask] for row, mask in zip(soft.embeddings, soft.mask)]
-
-    return generate_batched(z_rows, decode, config.eval.batch_size, length=len, desc=desc, progress=progress)
+def receiver_questions(examples: Sequence[SquadExample], conditioning: Conditioning) -> list[str] | None:
+    """What each receiver reads as text after the soft tokens: the question (hybrid) or nothing (full: None)."""
+    return [e.question for e in examples] if conditioning == Conditioning.HYBRID else None
 
 
-def suffixes(examples: Sequence[SquadExample], conditioning: Conditioning) -> list[str]:
-    """What each receiver reads as text after the soft tokens: the question (hybrid) or nothing (full)."""
-    return [question_suffix(e.question) if conditioning == Conditioning.HYBRID else "" for e in examples]
-
-
-def answers_from_soft(lm, soft: list[Tensor], tails: list[str], config: Config, progress: bool, desc: str) -> list[str]:
-    """Greedy answers of ``lm`` from soft-token rows, each followed by its text tail."""
-    def generate(indices: list[int]) -> list[str]:
-        batch = [soft[i] for i in indices]
-        padded = Latent.from_rows(batch)  # right-padded (B, T, d) + mask, what the prefix builder takes
-        return lm.generate(lm.soft_tokens_prefix(padded.z, padded.mask, [tails[i] for i in indices]),
-                           config.eval.max_new_tokens)
-
-    return generate_batched(list(range(len(soft))), generate, config.eval.batch_size,
-                            length=lambda i: len(soft[i]), desc=desc, progress=progress)
-
-
-def decode_all(system: InterlinguaSystem, examples: Sequence[SquadExample], latents: dict[str, list[Tensor]],
+def decode_all(system: Interlingua, examples: Sequence[SquadExample], latents: dict[str, list[Tensor]],
                conditioning: Conditioning, config: Config, progress: bool,
                store: PassStore | None = None) -> list[dict]:
     """latent / cross and shuffled rows of every (sender, receiver) pair under one conditioning; passes
     ``store`` already holds are read, not decoded again."""
     permutation = derangement(len(examples), config.runtime.seed)
-    tails = suffixes(examples, conditioning)
+    questions = receiver_questions(examples, conditioning)
     rows = []
     for receiver, lm in system.lms.items():
         for sender in system.lms:
             tag = f"{conditioning.value} {sender} -> {receiver}"
             done = store.get(tag) if store is not None else None
             if done is None:
-                done = decode_pair(system, examples, latents[sender], sender, receiver, conditioning, tails,
+                done = decode_pair(system, examples, latents[sender], sender, receiver, conditioning, questions,
                                    permutation, config, progress)
                 if store is not None:
                     store.put(tag, done)
@@ -214,17 +177,20 @@ def decode_all(system: InterlinguaSystem, examples: Sequence[SquadExample], late
     return rows
 
 
-def decode_pair(system: InterlinguaSystem, examples: Sequence[SquadExample], z_rows: list[Tensor], sender: str,
-                receiver: str, conditioning: Conditioning, tails: list[str], permutation: list[int], config: Config,
+def decode_pair(system: Interlingua, examples: Sequence[SquadExample], z_rows: list[Tensor], sender: str,
+                receiver: str, conditioning: Conditioning, questions: list[str] | None, permutation: list[int],
+                config: Config,
                 progress: bool) -> list[dict]:
     """The latent/cross rows and the shuffled rows of one pair."""
     lm = system.lms[receiver]
     mode = "latent" if sender == receiver else "cross"
     tag = f"{conditioning.value} {sender} -> {receiver}"
-    soft = soft_rows(system, receiver, z_rows, config, progress, f"{tag} decode")
-    own = answers_from_soft(lm, soft, tails, config, progress, f"{tag} {mode}")
+    soft = system.soft_rows(receiver, z_rows, config.eval.batch_size, progress, f"{tag} decode")
+    budget = config.eval.batch_size, config.eval.max_new_tokens
+    own = answers_from_soft(system, lm, soft, questions, *budget, progress, f"{tag} {mode}")
     # example i reads the soft tokens of example permutation[i] (its own question after them)
-    shuffled = answers_from_soft(lm, [soft[j] for j in permutation], tails, config, progress, f"{tag} shuffled")
+    shuffled = answers_from_soft(system, lm, [soft[j] for j in permutation], questions, *budget, progress,
+                                 f"{tag} shuffled")
     rows = []
     for i, example in enumerate(examples):
         rows.append({**_row(example, receiver, sender, mode, own[i], example.id), "conditioning": conditioning.value})
@@ -268,7 +234,7 @@ def information_flow(scores: dict, text: dict | None, margin: float = FLOW_MARGI
     return verdicts
 
 
-def native_summary(system: InterlinguaSystem, rows: Sequence[dict], runs: dict, ids: Sequence[str],
+def native_summary(system: Interlingua, rows: Sequence[dict], runs: dict, ids: Sequence[str],
                    text_rows: Sequence[dict] | None, config: Config) -> dict:
     text = summarize(r for r in text_rows or [] if r["mode"] == "text") if text_rows else None
     scores = pair_scores(rows)
@@ -314,7 +280,7 @@ def message_sizes(z_rows: list[Tensor], texts: Sequence[str], config: Config) ->
 
 def native_report_lines(native: dict) -> list[str]:
     """The native sections of report.md: per conditioning, the pair table and the controls."""
-    from interlingua.eval.artifacts import markdown_table
+    from interlingua.artifacts.files import markdown_table
 
     lines = [f"Design: native (decoder `{native['decoder']}`, pool_window `{native['pool_window']}`, trained with "
              f"`{native['trained_conditioning']}` conditioning). Every pair has its own shuffled-z row; a pair "

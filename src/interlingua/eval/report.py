@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interlingua.eval.artifacts import markdown_table
+from interlingua.artifacts.files import markdown_table
 
 MIN_REPORTED_EXAMPLES = 1000  # DESIGN §5: fewer examples is a smoke run
 

@@ -10,14 +10,12 @@ from typing import Sequence
 from interlingua.config import Config
 from interlingua.constants import METRICS_FILE, PREDICTIONS_FILE
 from interlingua.data.squad import SquadExample
+from interlingua.errors import BaselineReuseError
 from interlingua.eval.baselines import BASELINE_MODES
 
 # Settings that change a baseline row; all must be equal for rows to be reused.
 _SETTINGS = (("eval", "max_new_tokens"), ("data", "max_prompt_tokens"), ("interlingua", "num_slots"))
 
-
-class BaselineReuseError(ValueError):
-    """Stored baseline rows cannot stand in for this evaluation; the message says why."""
 
 
 def load_baseline_rows(

@@ -9,6 +9,7 @@ serves training (logits at the answer positions only, DESIGN §4.6) and greedy g
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -379,3 +380,20 @@ class FrozenLM:
 
     def generate_from_soft_prompt(self, soft_prompt: Tensor, max_new_tokens: int = 16) -> list[str]:
         return self.generate(self.soft_prefix(soft_prompt), max_new_tokens)
+
+
+def lm_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a model's architecture config, dtype and a strided sample of every weight.
+
+    Cheap (reads ~1k values per tensor) and changes with any re-quantisation, fine-tune or dtype change.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
+    with torch.no_grad():
+        for name, param in sorted(model.state_dict().items()):
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)].to("cpu", torch.float64)
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -18,16 +18,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from interlingua.artifacts.files import replace_dir
 from interlingua.config import AnchorKind, Conditioning, Design, InterlinguaConfig, NativeDecoder, Pooling, Positions
 from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
+from interlingua.errors import CheckpointError
 from interlingua.models.adapter import InterlinguaAdapter
 from interlingua.models.aligner import AlignmentTransformer, module_key
 
 FORMAT_VERSION = 1
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, corrupt, or does not match the models in use."""
 
 
 @dataclass
@@ -219,15 +218,3 @@ def model_class(spec: InterlinguaSpec) -> type:
 
         return NativeInterlingua
     return InterlinguaModel
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only after ``tmp`` is complete."""
-    old = final.with_name(final.name + f".old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        for child in old.iterdir():
-            child.unlink()
-        old.rmdir()

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from interlingua.bridge.fit import BRIDGE_METRICS_FILE
 from interlingua.config import NativeDecoder, Positions
 from interlingua.models.aligner import masked_mean, module_key, sinusoidal_positions
+from interlingua.models.bridge.fit import BRIDGE_METRICS_FILE
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
 
 SEARCH_CHUNK = 512  # query rows scored against a whole vocabulary at once (chunk x V floats)
@@ -254,8 +254,8 @@ class NativeInterlingua(InterlinguaModel):
 
     def attach_vocabularies(self, lms: dict) -> None:
         """Give each receiver head its model's vocabulary (keys and embeddings); needed by ``decoder=vocab``."""
-        from interlingua.bridge.fit import unit_embeddings
-        from interlingua.bridge.vocab import id_bytes
+        from interlingua.models.bridge.fit import unit_embeddings
+        from interlingua.models.bridge.vocab import id_bytes
 
         for key, lm in lms.items():
             head = self.receivers[module_key(key)]

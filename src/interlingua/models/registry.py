@@ -35,6 +35,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from interlingua.constants import DEFAULT_CACHE_SUBDIR, ENV_CACHE_DIR
+from interlingua.errors import ModelSpecError
 from interlingua.provenance import library_versions
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,6 @@ TINY_MODULE = "interlingua.models.tiny"
 # A hub repo id: two parts of letters, digits, '-', '_', '.', each starting with a letter or digit.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
-
-class ModelSpecError(ValueError):
-    """A model spec that cannot be resolved or loaded; the message says what to pass instead."""
 
 
 @dataclass(frozen=True)

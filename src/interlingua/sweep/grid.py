@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from interlingua.codec.quantize import FLOAT_DTYPES
 from interlingua.config import (
     SHIPPED_CONFIG_DIR,
     Config,
@@ -30,7 +31,6 @@ from interlingua.config import (
     normalised_config_dict,
     parse_override,
 )
-from interlingua.wire.quantize import FLOAT_DTYPES
 
 GRID_KEYS = {
     "d_inter": "interlingua.d_inter",

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from interlingua.artifacts.files import run_info
 from interlingua.config import Config
 from interlingua.constants import METRICS_FILE
 from interlingua.data.squad import SquadExample
-from interlingua.eval.artifacts import run_info
 from interlingua.eval.baselines import evaluate_baselines, summarize
 from interlingua.eval.jobs import write_baselines
 from interlingua.eval.reuse import BaselineReuseError, load_baseline_rows

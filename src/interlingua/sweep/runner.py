@@ -22,21 +22,21 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from interlingua.artifacts.files import run_info, write_json, write_jsonl
+from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint, read_trainer_state
+from interlingua.codec.message import message_size
 from interlingua.config import Config, config_to_dict
-from interlingua.eval.artifacts import run_info, write_json, write_jsonl
-from interlingua.eval.jobs import load_checkpoint, validation_examples
+from interlingua.eval.jobs import validation_examples
 from interlingua.eval.latent import SentZ, evaluate_own_latent
 from interlingua.models.interlingua import CheckpointError
-from interlingua.pipeline import InterlinguaSystem, load_frozen_models
+from interlingua.models.system import Interlingua, load_checkpoint, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.sweep.grid import PlannedCell, SweepConfig, comparable, differences, plan_sweep
 from interlingua.sweep.pareto import plot_pareto
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.references import text_references
 from interlingua.sweep.table import cell_rows, write_tables
-from interlingua.training.checkpoint import checkpoint_dir, latest_checkpoint, read_trainer_state
 from interlingua.training.recipe import total_steps, train
-from interlingua.wire.message import message_size
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class _Evaluator:
         model, config, device = load_checkpoint(checkpoint, config=planned.eval_config)
         seed_everything(config.runtime.seed)
         info = run_info(config, "sweep")
-        system = InterlinguaSystem(model, *self.frozen_models(config, device))
+        system = Interlingua(model, *self.frozen_models(config, device), config)
         examples = self.validation(config)
         rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress, sent=self._sent)
         cell = planned.cell

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Optional, Sequence
 
-from interlingua.eval.artifacts import markdown_table, write_json
+from interlingua.artifacts.files import markdown_table, write_json
 from interlingua.eval.report import BASELINE_HEADER, baseline_rows
 
 TABLE_FILES = ("table.md", "table.csv", "table.json")

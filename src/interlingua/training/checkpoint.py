@@ -27,40 +27,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from interlingua.artifacts.files import replace_dir
+from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint, read_trainer_state
 from interlingua.config import InterlinguaConfig
 from interlingua.constants import (
-    CHECKPOINT_DIR_FORMAT,
     LATEST_CHECKPOINT_FILE,
     OPTIMIZER_STATE_FILE,
     TRAINER_STATE_FILE,
+    TRAINER_STATE_VERSION,
 )
-from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec, replace_dir
+from interlingua.errors import CheckpointError
+from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec, read_spec
 
-TRAINER_STATE_VERSION = 1
 _CHECKPOINT_NAME = re.compile(r"step_(\d+)")  # CHECKPOINT_DIR_FORMAT's folders
 _SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
 _FIX = ("resume with the checkpoint's settings (its trainer_state.json has the config) "
         "or train into a new --output-dir")
 
 
-def checkpoint_dir(output_dir: Path, step: int) -> Path:
-    """``output_dir/step_000050`` for ``step=50`` (optimizer steps completed)."""
-    return Path(output_dir) / CHECKPOINT_DIR_FORMAT.format(step=step)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint ``output_dir/latest`` names, or None when there is none.
-
-    Raises:
-        CheckpointError: ``latest`` names a folder that does not exist.
-    """
-    pointer = Path(output_dir) / LATEST_CHECKPOINT_FILE
-    if not pointer.is_file():
-        return None
-    directory = Path(output_dir) / pointer.read_text().strip()
-    if not directory.is_dir():
-        raise CheckpointError(f"{pointer} names {directory.name!r}, which does not exist; fix or delete {pointer}")
-    return directory
 
 
 def save_checkpoint(
@@ -110,24 +96,6 @@ def prune_checkpoints(output_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def read_trainer_state(directory: Path) -> dict:
-    """``trainer_state.json`` of a checkpoint.
-
-    Raises:
-        CheckpointError: missing, unreadable, or of another format version.
-    """
-    path = Path(directory) / TRAINER_STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: not a training checkpoint ({path.name} is missing)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable trainer state ({err})") from None
-    if state.get("format_version") != TRAINER_STATE_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {state.get('format_version')!r}, expected {TRAINER_STATE_VERSION}"
-        )
-    return state
 
 
 def restore_checkpoint(

@@ -37,20 +37,20 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from interlingua.artifacts.files import prepare_run_dir, run_info, write_json
+from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint
+from interlingua.artifacts.plots import plot_training_curves
 from interlingua.cache.install import install_caches
 from interlingua.config import AnchorKind, Config, ConfigError, Design, config_to_dict, normalised_config_dict
 from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
-from interlingua.eval.artifacts import prepare_run_dir, run_info, write_json
-from interlingua.eval.plots import plot_training_curves
+from interlingua.errors import TrainingDivergedError
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec
-from interlingua.pipeline import InterlinguaSystem, frozen_model_info, load_frozen_models
+from interlingua.models.system import Interlingua, frozen_model_info, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
     check_same_config,
-    checkpoint_dir,
-    latest_checkpoint,
     prune_checkpoints,
     restore_checkpoint,
     rng_state,
@@ -59,13 +59,10 @@ from interlingua.training.checkpoint import (
 )
 from interlingua.training.monitor import MetricsLog, model_diagnostics
 from interlingua.training.sharding import any_process, check_can_shard, local_share, shard_frozen_layers
-from interlingua.training.step import LearnedForward, LossNorm, Stage, StepLoss, batch_loss, loss_norm
+from interlingua.training.step import LossNorm, Stage, StepLoss, batch_loss, loss_norm
 
 log = logging.getLogger(__name__)
 
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss term or the gradient norm became NaN/inf; training stopped and the last good checkpoint is kept."""
 
 
 def train(config: Config, output_dir: Path, resume: bool = False, progress: bool = True) -> Path:
@@ -137,7 +134,7 @@ def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
     spec = interlingua_spec(config, lms, encoder)
     if config.interlingua.design != Design.NATIVE:
         return InterlinguaModel(spec)
-    from interlingua.bridge.fit import BridgeSettings, load_or_fit_bridge
+    from interlingua.models.bridge.fit import BridgeSettings, load_or_fit_bridge
     from interlingua.models.native import NativeInterlingua
 
     settings = BridgeSettings(d_inter=config.interlingua.d_inter, ridge=config.interlingua.bridge_ridge)
@@ -183,7 +180,7 @@ class TrainingRecipe:
         self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device))
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
         model = initial_model(cfg, self.lms, encoder).to(acc.device)
-        self.system = InterlinguaSystem(model, self.lms, encoder)
+        self.system = Interlingua(model, self.lms, encoder, cfg)  # compression.qat: soft prompts read the wire z
         sharded = cfg.runtime.shard_frozen
         # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding
         self.caches = install_caches(self.system, cfg, partial(any_process, device=acc.device) if sharded else None)
@@ -192,7 +189,7 @@ class TrainingRecipe:
             log.info("runtime.shard_frozen: %d decoder layers sharded over %d processes; local share of the "
                      "frozen decoder layers' weights: %.2f", len(self.sharded_layers), acc.num_processes,
                      local_share(self.sharded_layers))
-        forward = LearnedForward(self.system, cfg.compression)  # compression.qat: adapters read the wire's z
+        forward = self.system
         optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Not prepared: accelerate would step a prepared scheduler once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(stage_lr_factor, config=cfg))

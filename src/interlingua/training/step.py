@@ -1,6 +1,6 @@
 """The loss of one micro-batch (DESIGN §3): L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd.
 
-    forward = LearnedForward(system)                         # the only module with trainable weights
+    forward = system                                         # or its DistributedDataParallel wrapper
     norm = loss_norm(system.lms, global_batch_answers, k)   # once per optimizer step
     out = batch_loss(system, forward, micro.texts, micro.answers, config.loss, norm)
     out.total.backward()
@@ -34,7 +34,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from interlingua.config import CompressionConfig, LossConfig
+from interlingua.config import LossConfig
 from interlingua.constants import RECONSTRUCTION_CUE
 from interlingua.data.prompts import question_suffix
 from interlingua.losses import (
@@ -46,9 +46,8 @@ from interlingua.losses import (
     semantic_anchor_loss,
 )
 from interlingua.models.frozen_lm import FrozenLM, Targets
-from interlingua.models.native import Latent, NativeInterlingua, summary
-from interlingua.pipeline import Anchor, InterlinguaSystem
-from interlingua.wire.quantize import fake_quantize
+from interlingua.models.native import NativeInterlingua, summary
+from interlingua.models.system import Interlingua
 
 
 class Stage(str, Enum):
@@ -85,53 +84,23 @@ class StepLoss:
     """Model key -> soft prompt ``(B, M, d_m)``, detached."""
 
 
-class LearnedForward(nn.Module):
-    """All of the learned modules' work for one batch in a single call.
+def kd_teacher(system: Interlingua, key: str, temperature: float):
+    """The KD teacher of model ``key``: the one the recipe installed (``cache.install_caches``), else the
+    exact, uncached one.
 
-    Distributed data parallelism synchronises gradients through the wrapped module's ``forward``, so
-    the encoders of every model, every adapter and the anchor target run inside this one call. The
-    frozen LLMs and the sentence encoder are reached through ``system`` (a plain attribute): they are
-    not submodules, so they are never wrapped, replicated into the optimizer, or saved.
-
-    With ``compression.qat`` the adapters read z through :func:`~interlingua.wire.fake_quantize` at
-    ``compression.precision`` / ``group_size``: each soft prompt is made from exactly the z a receiver
-    would decode from the wire, and gradients pass straight through the rounding. The returned zs
-    (which L_align, L_sem, L_nce and L1 see) stay the unquantised ones.
-
-    Args:
-        system: the learned model plus the frozen LLMs and encoder.
-        compression: the wire settings; None or ``qat=False`` = adapters read z as is (the seed).
+    Raises:
+        ValueError: the installed teacher has another temperature than the loss asks for.
     """
+    from interlingua.cache.teacher import KDTeacher
 
-    def __init__(self, system: InterlinguaSystem, compression: CompressionConfig | None = None):
-        super().__init__()
-        self.model = system.model  # registered: its parameters are this module's parameters
-        self._system = system  # not a Module: stays out of parameters(), state_dict() and DDP
-        self.compression = compression
-
-    def forward(self, texts: list[str], anchor: Anchor) -> tuple[dict, dict, Tensor]:
-        """Returns ``(zs, soft_prompts, anchor_target)``: z and own-model soft prompt per model key,
-        and the fixed anchor projection ``(B, d_inter)`` that L_sem compares z with.
-
-        The native design (``interlingua.design=native``) returns a :class:`~interlingua.models.native.Latent`
-        per sender and soft tokens per ``(sender, receiver)`` pair: every receiver reads every sender."""
-        zs = {key: self._system.encode(key, texts, anchor) for key in self._system.lms}
-        if isinstance(self.model, NativeInterlingua):
-            soft_prompts = {(a, b): self.model.soft_prompt(b, self.delivered_latent(z))
-                            for a, z in zs.items() for b in self._system.lms}
-            return zs, soft_prompts, self.model.project_anchor(anchor.states, anchor.mask)
-        soft_prompts = {key: self.model.soft_prompt(key, self.delivered(z)) for key, z in zs.items()}
-        anchor_target = self.model.aligner.project_anchor(anchor.states, anchor.mask)
-        return zs, soft_prompts, anchor_target
-
-    def delivered_latent(self, latent: Latent) -> Latent:
-        return Latent(self.delivered(latent.z), latent.mask)
-
-    def delivered(self, z: Tensor) -> Tensor:
-        """z ``(B, ...)`` as the wire delivers it under quantisation-aware training, else z itself."""
-        if self.compression is None or not self.compression.qat:
-            return z
-        return fake_quantize(z, self.compression.precision, self.compression.group_size)
+    teacher = system.teachers.get(key)
+    if teacher is None:
+        return KDTeacher(system.lms[key], temperature)
+    if teacher.temperature != temperature:
+        raise ValueError(
+            f"{key}: the installed KD teacher has τ={teacher.temperature}, the loss asks for τ={temperature}"
+        )
+    return teacher
 
 
 def loss_norm(
@@ -157,7 +126,7 @@ def reconstruction_targets(lm: FrozenLM, texts: list[str], tokens: int) -> Targe
 
 
 def batch_loss(
-    system: InterlinguaSystem,
+    system: Interlingua,
     forward: nn.Module,
     texts: list[str],
     answers: list[str],
@@ -173,7 +142,8 @@ def batch_loss(
 
     Args:
         system: learned model + frozen LLMs (all of them are trained together, N >= 2) + encoder.
-        forward: :class:`LearnedForward` of ``system``, possibly wrapped for data parallelism.
+        forward: ``system`` itself, or ``system`` wrapped for data parallelism (its ``forward`` runs the
+            learned modules; with ``compression.qat`` the soft prompts read the wire's z).
         texts: ``B`` text prompts (already cut to the token budget): what the KD teacher reads, and
             the senders too unless ``sender_texts`` is given.
         answers: ``B`` gold answers (the first of each example).
@@ -215,7 +185,7 @@ def batch_loss(
             gen.append(k_token_ce(student, targets.ids, targets.mask) * share)
         if config.w_kd:
             # The teacher is the same frozen LLM reading the text prompt (cached top-k when installed).
-            teacher = system.kd_teacher(key, config.kd_temperature)
+            teacher = kd_teacher(system, key, config.kd_temperature)
             kd.append(teacher.kd_loss(student, texts, targets) * share)
     terms: dict[str, Tensor] = {}
     if config.w_rec:
@@ -244,7 +214,7 @@ def _with_z_terms(terms: dict[str, Tensor], zs: dict[str, Tensor], anchor_target
 
 
 def native_batch_loss(
-    system: InterlinguaSystem, forward: nn.Module, texts: list[str], answers: list[str], config: LossConfig,
+    system: Interlingua, forward: nn.Module, texts: list[str], answers: list[str], config: LossConfig,
     norm: LossNorm | None, rec_tokens: int, sender_texts: list[str], questions: list[str] | None, l1: float,
 ) -> StepLoss:
     """:func:`batch_loss` of the native design: every receiver b reads every sender a's z.
@@ -264,7 +234,7 @@ def native_batch_loss(
         if config.w_gen or config.w_kd:
             targets = lm.answer_targets(answers, config.k_tokens)  # (B, K)
             share = int(targets.mask.sum()) / norm.positions[receiver] if norm else 1.0
-            teacher = system.kd_teacher(receiver, config.kd_temperature) if config.w_kd else None
+            teacher = kd_teacher(system, receiver, config.kd_temperature) if config.w_kd else None
             for sender in senders:
                 tokens = soft[(sender, receiver)]
                 student = lm.target_logits(lm.soft_tokens_prefix(tokens.embeddings, tokens.mask, answer_tails), targets)
@@ -296,7 +266,7 @@ def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:
 
 
 def _reconstruction_loss(
-    system: InterlinguaSystem, soft_prompts: dict[str, Tensor], texts: list[str], tokens: int, norm: LossNorm | None
+    system: Interlingua, soft_prompts: dict[str, Tensor], texts: list[str], tokens: int, norm: LossNorm | None
 ) -> Tensor:
     """L_rec summed over models: CE of each frozen LLM on the first ``tokens`` tokens of ``texts``
     after ``[BOS?] + soft prompt + RECONSTRUCTION_CUE``, teacher-forced, logits at those positions only."""

@@ -1,23 +1,2 @@
-"""The interlingua on the wire (DESIGN §6): per-group quantisation and the binary message frame.
-
-    data = encode_message(z, Precision.INT4, group_size=32, checkpoint_id=model.fingerprint())
-    z = decode_message(data, expected_checkpoint_id=model.fingerprint()).z
-
-The byte layout, error bounds and rejections are documented in ``docs/wire-format.md``.
-"""
-
-from interlingua.wire.errors import WireFormatError
-from interlingua.wire.message import (
-    FORMAT_VERSION,
-    MAGIC,
-    DecodedMessage,
-    decode_message,
-    encode_message,
-    message_size,
-)
-from interlingua.wire.quantize import Quantized, dequantize, error_bound, fake_quantize, quantize
-
-__all__ = [
-    "FORMAT_VERSION", "MAGIC", "DecodedMessage", "Quantized", "WireFormatError", "decode_message", "dequantize",
-    "encode_message", "error_bound", "fake_quantize", "message_size", "quantize",
-]
+"""The sender and the receiver as separate steps (``interlingua encode`` / ``generate``): prompt text -> wire
+message bytes, and bytes -> answer. The message frame itself is ``interlingua.codec``."""

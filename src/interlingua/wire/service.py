@@ -22,25 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
-from torch import Tensor
-
 from interlingua.config import Conditioning, Config
-from interlingua.data.prompts import QUESTION_MARKER, context_prompt, text_prompt
-from interlingua.eval.jobs import load_checkpoint
-from interlingua.models.frozen_lm import FrozenLM
-from interlingua.models.interlingua import CheckpointError, InterlinguaModel
-from interlingua.pipeline import encode_prompts, frozen_model_info, load_frozen_model, semantic_anchor
-from interlingua.runtime import frozen_dtype
-from interlingua.wire.errors import WireFormatError
-from interlingua.wire.message import decode_message, encode_message
+from interlingua.data.prompts import context_prompt, text_prompt
+from interlingua.errors import MessageInputError
+from interlingua.models.system import Interlingua, Message, check_questions
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 """An ``id`` that can name a message file: no path separators, no leading dot."""
 
-
-class MessageInputError(ValueError):
-    """A prompt or prompt file that cannot be sent: empty, too long, or malformed."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +51,11 @@ def encode_texts(
     config: Config | None = None,
     names: Sequence[str] | None = None,
 ) -> list[bytes]:
-    """Wire messages of ``texts`` read through ``sender`` (only it and the sentence encoder are loaded).
+    """Wire messages of ``texts`` read through ``sender`` (:meth:`Interlingua.encode`; only the sender and
+    the sentence encoder are loaded).
 
     Args:
-        checkpoint_dir: a ``step_N/`` folder.
+        checkpoint_dir: a ``step_N/`` folder (or :meth:`Interlingua.save_pretrained`'s).
         texts: prompts used as given, e.g. ``Context: …\\nQuestion: …\\nAnswer:``; for a checkpoint
             trained with ``interlingua.conditioning=hybrid`` the context alone, ``Context: …``.
         sender: one of the checkpoint's models; default its first.
@@ -81,71 +71,12 @@ def encode_texts(
         CheckpointError: an unreadable checkpoint, or a sender that is not one of its models.
         ConfigError: a bad override.
     """
-    names = list(names or [f"prompt {i + 1}" for i in range(len(texts))])
-    _check_not_empty(texts, names)
-    model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []))
-    _check_pooled(model, checkpoint_dir)
-    if model.spec.interlingua.conditioning == Conditioning.HYBRID:
-        _check_context_only(texts, names)
-    lm = _load_model(model, config, sender or model.model_keys[0], "sender", device)
-    _check_lengths(lm, texts, names, config.data.max_prompt_tokens)
-    from interlingua.models.encoder import SentenceEncoder
-
-    encoder = SentenceEncoder(config.encoder, device=device)
-    z = _encode_batched(model, lm, encoder, list(texts), config.eval.batch_size)  # (n, ...) fp32, CPU
-    checkpoint_id = model.fingerprint()
-    precision, group_size = config.compression.precision, config.compression.group_size
-    return [encode_message(row, precision, group_size, checkpoint_id) for row in z]
-
-
-def _check_pooled(model: InterlinguaModel, checkpoint_dir: Path) -> None:
-    """The wire commands carry the pooled design's fixed-shape z; refuse a native checkpoint clearly."""
-    if model.spec.interlingua.design.value == "native":
-        raise CheckpointError(
-            f"{checkpoint_dir} holds a native-design interlingua (interlingua.design=native), which the wire "
-            "commands do not carry yet; evaluate it with `interlingua eval --checkpoint …`"
-        )
-
-
-def _check_not_empty(texts: Sequence[str], names: Sequence[str]) -> None:
     if not texts:
         raise MessageInputError("no prompts to encode")
-    for name, text in zip(names, texts):
-        if not text.strip():
-            raise MessageInputError(f"{name} is empty; a prompt needs at least one non-space character")
-
-
-def _check_context_only(texts: Sequence[str], names: Sequence[str]) -> None:
-    """A hybrid sender never saw a question in training: refuse a whole text prompt."""
-    for name, text in zip(names, texts):
-        if QUESTION_MARKER in text:
-            raise MessageInputError(
-                f"{name} holds a question ({QUESTION_MARKER!r}), but this checkpoint was trained with "
-                "interlingua.conditioning=hybrid: send the context alone ('Context: …') and give the question "
-                "to the receiver (interlingua generate --question …)"
-            )
-
-
-def _check_lengths(lm: FrozenLM, texts: Sequence[str], names: Sequence[str], max_tokens: int) -> None:
-    """Training never showed the aligner a prompt over ``data.max_prompt_tokens``: refuse one."""
-    for name, text in zip(names, texts):
-        count = len(lm.tokenizer(text, add_special_tokens=False).input_ids)
-        if count > max_tokens:
-            raise MessageInputError(
-                f"{name} is {count} tokens in {lm.key}'s tokenizer, over data.max_prompt_tokens={max_tokens}; "
-                "shorten it (e.g. cut the context) or raise data.max_prompt_tokens"
-            )
-
-
-def _encode_batched(model: InterlinguaModel, lm: FrozenLM, encoder, texts: list[str], batch_size: int) -> Tensor:
-    """z of every text, batched: ``(n, d_inter)`` or ``(n, M, d_inter)`` fp32 on the CPU."""
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            z = encode_prompts(model, lm, batch, semantic_anchor(model, encoder, batch))  # (b, ...)
-            rows.append(z.float().cpu())
-    return torch.cat(rows)
+    system = Interlingua.from_pretrained(checkpoint_dir, list(overrides or []), config)
+    sender = sender or system.model_keys[0]
+    system.check_prompts(list(texts), sender, names)  # before loading the sentence encoder
+    return system.encode(list(texts), sender=sender).payloads
 
 
 # ---- receiver --------------------------------------------------------------------------------
@@ -158,7 +89,8 @@ def generate_from_messages(
     names: Sequence[str] | None = None,
     questions: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy answers of ``receiver`` conditioned on each message's z (only the receiver is loaded).
+    """Greedy answers of ``receiver`` conditioned on each message's z (:meth:`Interlingua.generate`; only
+    the receiver is loaded).
 
     Args:
         checkpoint_dir: a ``step_N/`` folder; must be the checkpoint that produced the messages.
@@ -183,71 +115,12 @@ def generate_from_messages(
     if not messages:
         raise MessageInputError("no messages to decode")
     names = list(names or [f"message {i + 1}" for i in range(len(messages))])
-    model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []))
-    _check_pooled(model, checkpoint_dir)
-    _check_questions(model.spec.interlingua.conditioning, questions, names)
-    z = decode_messages(model, messages, names)  # before loading the LLM: a bad message fails fast
-    lm = _load_model(model, config, receiver, "receiver", device)
-    answers: list[str] = []
-    batch_size = config.eval.batch_size
-    for start in range(0, len(z), batch_size):
-        with torch.no_grad():
-            soft = model.soft_prompt(receiver, z[start : start + batch_size].to(device))  # (b, M, d_receiver)
-        batch_questions = None if questions is None else list(questions[start : start + batch_size])
-        answers += lm.generate(lm.soft_prefix(soft, questions=batch_questions), config.eval.max_new_tokens)
-    return answers
-
-
-def _check_questions(conditioning: Conditioning, questions: Sequence[str] | None, names: Sequence[str]) -> None:
-    """The receiver reads a question as text exactly when the checkpoint was trained that way."""
-    if conditioning == Conditioning.HYBRID and questions is None:
-        raise MessageInputError(
-            "this checkpoint was trained with interlingua.conditioning=hybrid: a message holds only the context "
-            'and the receiver reads the question as text; pass --question "…" (or --input FILE.jsonl with a '
-            '"question" per message)'
-        )
-    if conditioning == Conditioning.FULL and questions is not None:
-        raise MessageInputError(
-            "this checkpoint was trained with interlingua.conditioning=full: the question travels inside the "
-            "message; drop --question / --input"
-        )
-    if questions is None:
-        return
-    if len(questions) != len(names):
-        raise MessageInputError(f"{len(questions)} questions for {len(names)} messages; give one per message")
-    for name, question in zip(names, questions):
-        if not isinstance(question, str) or not question.strip():
-            raise MessageInputError(f"{name}: empty question; a hybrid receiver needs the question as text")
-
-
-def decode_messages(model: InterlinguaModel, messages: Sequence[bytes], names: Sequence[str]) -> Tensor:
-    """Decode messages produced by ``model``'s checkpoint: ``(n, *model.z_shape)`` fp32 on the CPU.
-
-    Raises:
-        WireFormatError: prefixed with the message's name.
-    """
-    checkpoint_id = model.fingerprint()
-    rows = []
-    for name, data in zip(names, messages):
-        try:
-            z = decode_message(data, expected_checkpoint_id=checkpoint_id).z
-        except WireFormatError as err:
-            raise WireFormatError(f"{name}: {err}") from None
-        if tuple(z.shape) != model.z_shape:
-            raise WireFormatError(f"{name}: z of shape {tuple(z.shape)}, this checkpoint's z is {model.z_shape}")
-        rows.append(z)
-    return torch.stack(rows)
-
-
-# ---- shared ----------------------------------------------------------------------------------
-def _load_model(model: InterlinguaModel, config: Config, key: str, role: str, device: torch.device) -> FrozenLM:
-    """Put ``model`` in eval mode and load the one frozen LLM ``key`` (checked against the checkpoint)."""
-    if key not in model.model_keys:
-        raise CheckpointError(f"{role} {key!r} is not one of this checkpoint's models: {', '.join(model.model_keys)}")
-    model.eval()
-    lm = load_frozen_model(config, key, device, frozen_dtype(device))
-    model.check_frozen_model(frozen_model_info(lm))
-    return lm
+    system = Interlingua.from_pretrained(checkpoint_dir, list(overrides or []), config)
+    check_questions(system.conditioning, None if questions is None else list(questions), names)
+    message = Message.from_bytes(messages, system.model.fingerprint(), names)
+    system.check_received(message, names)  # before loading the LLM: a bad message fails fast
+    system.lm(receiver, "receiver")  # an unknown receiver fails here, naming the checkpoint's models
+    return system.generate(message, receiver=receiver, question=None if questions is None else list(questions))
 
 
 def read_prompt_file(path: Path, conditioning: Conditioning = Conditioning.FULL) -> list[NamedPrompt]:

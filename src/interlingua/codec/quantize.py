@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from interlingua.config import Precision
-from interlingua.wire.errors import WireFormatError
+from interlingua.errors import WireFormatError
 
 INT_LEVELS = {Precision.INT8: 127, Precision.INT4: 7}
 """Largest stored magnitude L. Symmetric on purpose: -128 / -8 are never used, so 0 is exact and +-max mirror."""

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from interlingua.bridge.vocab import id_bytes, shared_strings, token_bytes
+from interlingua.models.bridge.vocab import id_bytes, shared_strings, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _nearest(queries: Tensor, keys: Tensor, chunk: int = 256) -> Tensor:
 def bridge_cache_key(lms: dict, settings: BridgeSettings) -> str:
     """Hash of everything a fit depends on: each model's key, weights fingerprint and vocabulary, and
     the settings."""
-    from interlingua.cache.teacher import lm_fingerprint
+    from interlingua.models.frozen_lm import lm_fingerprint
 
     digest = hashlib.sha256(json.dumps({"version": FIT_VERSION, **asdict(settings)}, sort_keys=True).encode())
     for key, lm in lms.items():
@@ -260,7 +260,7 @@ def bridge_cache_key(lms: dict, settings: BridgeSettings) -> str:
 
 def load_or_fit_bridge(lms: dict, settings: BridgeSettings, cache_dir: Path | None = None) -> BridgeFit:
     """The cached fit for these models and settings, fitted (and cached atomically) when absent or damaged."""
-    from interlingua.models.interlingua import replace_dir
+    from interlingua.artifacts.files import replace_dir
     from interlingua.models.registry import cache_root
 
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "bridge"

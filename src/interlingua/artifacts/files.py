@@ -1,4 +1,5 @@
-"""Results as artifacts: every results file is stamped with the resolved config, git hash and versions."""
+"""Run-folder artifacts that training, evaluation and the sweep all write: atomic file and folder writes,
+the resolved config and provenance stamped on every result, byte counts of text, and markdown tables."""
 
 from __future__ import annotations
 
@@ -67,3 +68,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only after ``tmp`` is complete."""
+    old = final.with_name(final.name + f".old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        for child in old.iterdir():
+            child.unlink()
+        old.rmdir()

@@ -1,4 +1,4 @@
-"""Batched greedy generation over many prompts, with a progress bar and length bucketing."""
+"""Length-bucketed batching over many items (prompts to encode, prefixes to generate from), with a progress bar."""
 
 from __future__ import annotations
 

@@ -22,9 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from interlingua.config import Precision
-from interlingua.wire.errors import WireFormatError
-from interlingua.wire.quantize import (
+from interlingua.codec.quantize import (
     FLOAT_DTYPES,
     Quantized,
     dequantize,
@@ -32,6 +30,8 @@ from interlingua.wire.quantize import (
     quantize,
     scales_nbytes,
 )
+from interlingua.config import Precision
+from interlingua.errors import WireFormatError
 
 MAGIC = b"ILZ1"
 FORMAT_VERSION = 1
