@@ -298,7 +298,7 @@ def test_resume_from_truncated_files_is_refused(copied_run, damaged):
 
 
 def test_fresh_run_into_a_folder_with_checkpoints_is_refused(copied_run, capsys):
-    code = cli_main(["train", "--config", "tiny", "--set", f"data.source={SQUAD_MINI}", "-o", str(copied_run), "-q"])
+    code = cli_main(["train", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(copied_run), "-q"])
     assert code == 2
     assert "already holds checkpoints (latest: step_000004); pass --resume" in capsys.readouterr().err
 
@@ -444,7 +444,7 @@ def _train_in_two_processes(output_dir, *overrides: str, strict: bool = False) -
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "interlingua", "train", "--config", "tiny", "--set", f"data.source={SQUAD_MINI}",
+        "-m", "interlingua", "train", "--config", "tiny", f"data.source={SQUAD_MINI}",
         "-o", str(output_dir), "-q", "runtime.device=cpu", *overrides,
     ]
     try:
