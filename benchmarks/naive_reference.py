@@ -21,12 +21,12 @@ def _full_logits(lm, embeddings, mask):
     return out.logits.float()
 
 
-def naive_step_loss(system, forward, texts, answers, config, sender_texts=None, questions=None):
-    """The loss of one QA-stage batch, computed naively (see the module docstring); returns the fp32
-    total. ``sender_texts`` and ``questions`` as in ``training.step.batch_loss`` (hybrid conditioning)."""
-    if config.w_rec:
-        raise ValueError("the naive reference has no reconstruction term (loss.w_rec must be 0)")
-    sender_texts = texts if sender_texts is None else sender_texts
+def naive_step_loss(system, forward, batch, config):
+    """The loss of one QA-stage micro-batch (a ``training.batches.MicroBatch``, as ``training.step.batch_loss``
+    reads it), computed naively (see the module docstring); returns the fp32 total."""
+    if config.w_rec or config.w_l1:
+        raise ValueError("the naive reference has no reconstruction or L1 term (loss.w_rec and loss.w_l1 must be 0)")
+    texts, answers, sender_texts, questions = batch.texts, batch.answers, batch.sender_texts, batch.questions
     anchor = system.anchor(sender_texts)  # recomputed every step
     zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     gen, kd = [], []

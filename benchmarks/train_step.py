@@ -44,8 +44,7 @@ def main() -> None:
 
     def naive(step: int) -> None:
         for micro in recipe.stream.micro_batches(step):
-            naive_step_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
-                            micro.sender_texts, micro.questions).backward()
+            naive_step_loss(recipe.system, recipe.forward, micro, config.loss).backward()
         recipe._clip_gradients(step)
         recipe.optimizer.step()
         recipe.optimizer.zero_grad(set_to_none=True)

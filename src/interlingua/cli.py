@@ -1,11 +1,14 @@
 """``interlingua <command>``: each command is a plain function of a resolved :class:`Config`.
 
     interlingua baselines --config embedded --limit 1000
-    interlingua baselines --config tiny eval.batch_size=4 --set data.source=tests/assets/squad_mini
+    interlingua baselines --config tiny eval.batch_size=4 data.source=tests/assets/squad_mini
     interlingua encode --checkpoint runs/embedded/run/step_000300 --text "Context: …" -o msg.bin
     interlingua generate --checkpoint runs/embedded/run/step_000300 --model gemma3-270m msg.bin
     interlingua generate --checkpoint <hybrid checkpoint> --model gemma3-270m --question "Who?" msg.bin
-    interlingua sweep --config configs/sweeps/compression.yaml --set data.source=../shared/data/squad
+    interlingua sweep --config compression base.data.source=../shared/data/squad grid.precision=[int8,int4]
+
+Every command takes its overrides the same way, as ``KEY=VALUE`` (``train.lr=1e-4``, ``models.1.prompt_format=chat``,
+``eval.limit=null``): the keys of the run config, or of the sweep file for ``sweep`` (``base.KEY`` = its base run).
 """
 
 from __future__ import annotations
@@ -14,31 +17,31 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from interlingua.config import Config, ConfigError, load_config
 
 log = logging.getLogger("interlingua")
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+"""The start of a ``KEY=VALUE`` override (a dotted key, then ``=``)."""
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default="embedded",
                         help="config name (tiny, embedded, llama-qwen) or YAML path")
-    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. eval.batch_size=8")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.lr=1e-4 eval.batch_size=8")
     parser.add_argument("--output-dir", "-o", default=None, help="run folder (default runs/<config name>/<command>)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, and the config it is used with: the stored one unless --config, plus --set overrides."""
+    """--checkpoint, and the config it is used with: the stored one unless --config (plus KEY=VALUE overrides)."""
     parser.add_argument("--checkpoint", required=True, type=Path, help="a step_N/ checkpoint folder")
     parser.add_argument("--config", "-c", default=None,
                         help="config name or path (default: the one stored with the checkpoint)")
-    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="latent evaluation of a checkpoint next to the baselines, with controls")
     _add_checkpoint_args(p)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the stored config")
     p.add_argument("--limit", type=int, default=None, help="validation examples (sets eval.limit)")
     p.add_argument("--baselines", type=Path, default=None,
                    help="reuse the baseline rows of an earlier `baselines` or `eval` run on the same examples")
@@ -103,16 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     questions.add_argument("--input", type=Path, default=None,
                            help='hybrid checkpoints: JSONL with a "question" per line; message <name>.bin takes the '
                                 'line whose "id" (else line number, 000001) is <name>, as `encode --input` names them')
-    p.add_argument("messages", nargs="+", type=Path, metavar="MESSAGE", help="message files written by `encode`")
-    p.set_defaults(func=cmd_generate)
+    p.add_argument("messages", nargs="+", metavar="MESSAGE",
+                   help="message files written by `encode` (KEY=VALUE among them: overrides, e.g. runtime.device=cpu)")
+    p.set_defaults(func=cmd_generate, overrides=[])
 
     p = sub.add_parser("sweep", help="compression sweep: d_inter x M x wire precision -> F1 vs bytes table and plot")
-    p.add_argument("--config", "-c", default="configs/sweeps/compression.yaml",
+    p.add_argument("--config", "-c", default="compression",
                    help="sweep file (configs/sweeps/*.yaml) or the name of a shipped one (compression, tiny)")
-    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the base run config of every cell, e.g. --set data.source=DIR (repeatable)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="override the sweep file, e.g. eval_limit=100 train_steps=40 qat=true")
+                   help="overrides of the sweep file: base.KEY reaches the base run of every cell "
+                        "(base.data.source=DIR base.train.steps=40), the rest the sweep (grid.precision=[fp16,int4])")
     p.add_argument("--output-dir", "-o", default=None, help="sweep folder (default: the sweep file's output_dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (one line per cell still)")
     p.set_defaults(func=cmd_sweep)
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
-    overrides = list(args.set_overrides) + list(args.overrides) + list(extra or [])
+    overrides = list(args.overrides) + list(extra or [])
     if getattr(args, "output_dir", None):
         overrides.append(f"runtime.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
@@ -143,8 +146,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from interlingua.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.config, args.overrides)
-    out_dir = run_sweep(sweep, output_dir=args.output_dir, extra_overrides=args.set_overrides,
-                        progress=not args.quiet)
+    out_dir = run_sweep(sweep, output_dir=args.output_dir, progress=not args.quiet)
     print(f"\nwrote {out_dir}/")
     print((out_dir / "table.md").read_text())
     return 0
@@ -277,6 +279,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from interlingua.wire.service import MessageInputError, generate_from_messages, questions_for_messages
 
+    args.messages, overrides = _split_messages(args.messages)
+    args.overrides = list(args.overrides) + overrides
+    if not args.messages:
+        raise MessageInputError("no message file given (KEY=VALUE arguments are overrides)")
     for path in args.messages:
         if not path.is_file():
             raise MessageInputError(f"{path}: no such message file")
@@ -295,7 +301,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_overrides(args: argparse.Namespace) -> list[str]:
-    return list(args.set_overrides) + list(getattr(args, "overrides", []))
+    return list(args.overrides)
+
+
+def _split_messages(items: list[str]) -> tuple[list[Path], list[str]]:
+    """``generate``'s positional arguments: message files, and the ``KEY=VALUE`` overrides among them (an
+    item that names an existing file is a message even if it holds ``=``)."""
+    messages, overrides = [], []
+    for item in items:
+        is_override = _OVERRIDE.match(item) and not Path(item).is_file()
+        (overrides if is_override else messages).append(item if is_override else Path(item))
+    return messages, overrides
 
 
 def _named_config(args: argparse.Namespace) -> Config | None:
@@ -323,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     # (`run -o x a=1 --resume b=2`), which plain parse_args refuses for a nargs="*" positional.
     args, rest = parser.parse_known_args(argv)
     stray = [item for item in rest if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if "--set" in stray:
+        parser.error("--set is gone: write each override as KEY=VALUE, e.g. train.lr=1e-4 (sweep: base.train.lr=1e-4)")
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:

@@ -4,12 +4,15 @@
 
 A config name is looked up as a path first, then as ``configs/<name>.yaml`` in the current directory,
 then in the ``configs/`` folder shipped next to the package source. Unknown keys and bad values raise
-:class:`ConfigError` naming the key to change.
+:class:`ConfigError` naming the key to change. A config file may start from another one with
+``extends: NAME`` and change some of its keys (``configs/embedded-full.yaml``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -20,6 +23,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from interlingua.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class PromptFormat(str, Enum):
@@ -177,7 +182,8 @@ class InterlinguaConfig:
 
 @dataclass
 class LossConfig:
-    """L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd (DESIGN §3) [+ w_nce·L_nce + w_rec·L_rec]."""
+    """L = w_gen·L_gen + w_align·L_align + w_sem·L_sem + w_kd·L_kd (DESIGN §3) [+ w_nce·L_nce + w_rec·L_rec
+    + w_l1·L1]."""
 
     k_tokens: int = 4
     """K: answer tokens supervised by CE and KD."""
@@ -195,11 +201,14 @@ class LossConfig:
     """L_rec (repeat the first ``pretrain.tokens`` tokens of the text from the soft prompt) as an extra
     term of the QA stage; 0 = off (the seed). The reconstruction stage (``pretrain.steps``) always
     weighs L_rec 1 and drops L_gen and L_kd."""
+    w_l1: float = 0.0
+    """L1 sparsity of z: the term ``l1`` = mean |z| over models and elements (a mean over the global batch
+    like L_align); 0 = off, not computed. Stored configs' ``compression.l1`` is read as this key."""
 
     def __post_init__(self) -> None:
         if self.k_tokens <= 0:
             raise ConfigError(f"loss.k_tokens must be positive, got {self.k_tokens}")
-        for key in ("w_gen", "w_align", "w_sem", "w_kd", "w_nce", "w_rec"):
+        for key in ("w_gen", "w_align", "w_sem", "w_kd", "w_nce", "w_rec", "w_l1"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         if self.kd_temperature <= 0:
@@ -305,14 +314,10 @@ class CompressionConfig:
     """Values sharing one scale in int8/int4."""
     qat: bool = False
     """Quantisation-aware training (straight-through estimator)."""
-    l1: float = 0.0
-    """L1 sparsity penalty on z."""
 
     def __post_init__(self) -> None:
         if self.group_size <= 0:
             raise ConfigError(f"compression.group_size must be positive, got {self.group_size}")
-        if self.l1 < 0:
-            raise ConfigError(f"compression.l1 must be >= 0, got {self.l1}")
 
 
 @dataclass
@@ -432,15 +437,133 @@ def _key_of(err: OmegaConfBaseException) -> str:
 def load_config(name_or_path: str, overrides: Optional[List[str]] = None) -> Config:
     """Load a config by name or path and apply ``key=value`` overrides.
 
+    A config file may start from another one: ``extends: NAME`` (a config name or YAML path, looked up
+    next to the file first) takes that file's keys, and the file's own keys change them (nested keys
+    merge, a list replaces the whole list).
+
     Raises:
-        ConfigError: unknown key, wrong type, invalid value, or missing file; the message names the key.
+        ConfigError: unknown key, wrong type, invalid value, missing file, or an ``extends`` cycle; the
+            message names the key.
     """
     path = find_config_file(name_or_path)
+    return _build_config(_read_config_file(path), overrides, str(path))
+
+
+def config_from_mapping(
+    data, overrides: Optional[List[str]] = None, origin: str = "config", relative_to: Optional[Path] = None
+) -> Config:
+    """A config written as a mapping the way a config file is (``extends: NAME`` plus nested keys), plus
+    ``key=value`` overrides: e.g. the ``base:`` section of a sweep file.
+
+    Args:
+        data: a dict or OmegaConf mapping.
+        overrides: ``key=value`` strings applied on top.
+        origin: names the source of ``data`` in error messages.
+        relative_to: the folder a relative ``extends`` path is looked up in first (None: as ``--config``).
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    node = data if OmegaConf.is_config(data) else OmegaConf.create(data)
+    return _build_config(resolve_extends(node, origin, relative_to), overrides, origin)
+
+
+EXTENDS_KEY = "extends"
+"""The key of a config file (or a sweep's ``base:``) naming the config it starts from."""
+
+
+def resolve_extends(node, origin: str, relative_to: Optional[Path] = None, _chain: tuple = ()):
+    """``node`` merged over the config its ``extends`` names (recursively), without the ``extends`` key.
+
+    Raises:
+        ConfigError: ``extends`` is not a string, names no config file, or the files extend each other.
+    """
+    if not OmegaConf.is_dict(node) or node.get(EXTENDS_KEY) is None:
+        if OmegaConf.is_dict(node) and EXTENDS_KEY in node:
+            node = OmegaConf.masked_copy(node, [k for k in node.keys() if k != EXTENDS_KEY])
+        return node
+    parent = node[EXTENDS_KEY]
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{origin}: extends must name a config (a name such as embedded, or a YAML path), "
+                          f"got {parent!r}")
+    path = _extended_file(parent, origin, relative_to)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{origin}: extends forms a cycle ({cycle})")
+    base = _read_config_file(path, (*_chain, path.resolve()))
+    own = OmegaConf.masked_copy(node, [k for k in node.keys() if k != EXTENDS_KEY])
+    try:
+        return OmegaConf.merge(base, own)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{origin}: bad key {_key_of(err)!r} over {path}: {_first_line(err)}") from None
+
+
+def _extended_file(name: str, origin: str, relative_to: Optional[Path]) -> Path:
+    if relative_to is not None:
+        beside = relative_to / name if name.endswith((".yaml", ".yml")) else relative_to / f"{name}.yaml"
+        if beside.is_file():
+            return beside
+    try:
+        return find_config_file(name)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: extends: {err}") from None
+
+
+def _read_config_file(path: Path, chain: tuple = ()):
+    """The YAML mapping of a config file with its ``extends`` resolved."""
     try:
         from_file = OmegaConf.load(path)
     except Exception as err:  # yaml errors of several kinds
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    return _build_config(from_file, overrides, str(path))
+    return resolve_extends(from_file, str(path), path.parent, chain or (path.resolve(),))
+
+
+LEGACY_KEYS = {"compression.l1": "loss.w_l1"}
+"""Keys that moved: old dotted key -> new one. Stored configs (checkpoints, results/) and overrides that
+use the old key are read as the new one, with a log line."""
+_LEGACY_LOGGED: set = set()
+
+
+def _upgrade_legacy_keys(source, origin: str):
+    """``source`` with every key of :data:`LEGACY_KEYS` moved to its new place (a copy if any moved).
+
+    Raises:
+        ConfigError: both the old and the new key are set, to different values.
+    """
+    if not OmegaConf.is_dict(source):
+        return source
+    for old, new in LEGACY_KEYS.items():
+        value = OmegaConf.select(source, old, default=_MISSING)
+        if value is _MISSING:
+            continue
+        current = OmegaConf.select(source, new, default=_MISSING)
+        if current is not _MISSING and current != value:
+            raise ConfigError(f"{origin}: {old}={value} and {new}={current} are both set; {old} is the old name "
+                              f"of {new}: keep {new} only")
+        source = copy.deepcopy(source)
+        section, _, key = old.rpartition(".")
+        OmegaConf.select(source, section).pop(key)
+        OmegaConf.update(source, new, value, merge=True)
+        _log_legacy(f"{origin}: {old} is now {new}; read {old}={value} as {new}={value}", bool(value))
+    return source
+
+
+def _upgrade_legacy_override(text: str) -> str:
+    key, sep, value = text.partition("=")
+    old = key.strip().removeprefix("--")
+    if sep and old in LEGACY_KEYS:
+        _log_legacy(f"override {text!r}: {old} is now {LEGACY_KEYS[old]}", True)
+        return f"{LEGACY_KEYS[old]}={value}"
+    return text
+
+
+def _log_legacy(message: str, warn: bool) -> None:
+    """Once per process and level: a warning where the old key changes something, else an info line."""
+    if warn not in _LEGACY_LOGGED:
+        _LEGACY_LOGGED.add(warn)
+        log.log(logging.WARNING if warn else logging.INFO, message)
+
+
+_MISSING = object()
 
 
 def config_from_dict(data: dict, overrides: Optional[List[str]] = None, origin: str = "config") -> Config:
@@ -458,6 +581,7 @@ def config_from_dict(data: dict, overrides: Optional[List[str]] = None, origin: 
 
 def _build_config(source, overrides: Optional[List[str]], origin: str) -> Config:
     """Dataclass defaults <- ``source`` (an OmegaConf node) <- overrides, validated."""
+    source, overrides = _upgrade_legacy_keys(source, origin), [_upgrade_legacy_override(t) for t in overrides or []]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), source)
     except OmegaConfBaseException as err:

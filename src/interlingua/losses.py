@@ -4,7 +4,7 @@
         [+ w_nce·L_nce]      contrastive alignment (InfoNCE), loss.w_nce > 0
         [+ w_rec·L_rec]      reconstruction (k_token_ce on text tokens): weight 1 in the pretraining
                              stage (pretrain.*), loss.w_rec in the QA stage (default 0)
-        [+ l1·mean|z|]       L1 sparsity of z (l1_penalty), compression.l1 > 0
+        [+ w_l1·mean|z|]     L1 sparsity of z (l1_penalty), loss.w_l1 > 0
 
 The LLM forwards that produce logits at the K answer positions live in the training recipe; here
 every loss takes those logits (B, K, V) and a (B, K) mask of real positions. "Mean over real
@@ -22,10 +22,7 @@ import torch.nn.functional as F
 
 from interlingua.config import LossConfig
 
-LOSS_TERMS = ("gen", "align", "sem", "kd", "nce", "rec")  # keys of combine_losses' terms, with weights w_<term>
-EXTRA_LOSS_TERMS = {"l1": "compression.l1"}
-"""Terms whose weight lives outside ``loss.*``: term -> the config key of its weight (passed to
-:func:`combine_losses` as ``extra_weights``)."""
+LOSS_TERMS = ("gen", "align", "sem", "kd", "nce", "rec", "l1")  # keys of combine_losses' terms, weights loss.w_<term>
 
 
 def k_token_ce(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -212,7 +209,7 @@ def contrastive_loss(zs: dict[str, torch.Tensor], temperature: float) -> torch.T
 
 
 def l1_penalty(zs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean of |z| over models and elements: the L1 sparsity term "l1" (weight ``compression.l1``).
+    """Mean of |z| over models and elements: the L1 sparsity term "l1" (weight ``loss.w_l1``).
 
     Args:
         zs: model key -> z of one shape for all models, (B, d_inter) or (B, M, d_inter).
@@ -223,29 +220,18 @@ def l1_penalty(zs: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([z.float().abs().mean() for z in zs.values()]).mean()
 
 
-def combine_losses(
-    terms: dict[str, torch.Tensor], config: LossConfig, extra_weights: dict[str, float] | None = None
-) -> torch.Tensor:
-    """Σ w_<term>·term over :data:`LOSS_TERMS` (w_gen·gen + w_align·align + w_sem·sem + w_kd·kd + …),
-    plus the terms of ``extra_weights``.
+def combine_losses(terms: dict[str, torch.Tensor], config: LossConfig) -> torch.Tensor:
+    """Σ w_<term>·term over :data:`LOSS_TERMS` (w_gen·gen + w_align·align + w_sem·sem + w_kd·kd + …).
 
     Args:
-        terms: any of :data:`LOSS_TERMS` and of ``extra_weights`` -> scalar; a term whose weight is 0
-            may be left out.
+        terms: any of :data:`LOSS_TERMS` -> scalar; a term whose weight is 0 may be left out.
         config: the weights (``loss.w_*``).
-        extra_weights: weights of :data:`EXTRA_LOSS_TERMS` from elsewhere in the config, e.g.
-            ``{"l1": compression.l1}``.
     Raises:
         FloatingPointError: a term is NaN or inf; the message names it (stop, keep the last good checkpoint).
         KeyError: an unknown term, or a term with a non-zero weight is missing.
         ValueError: a term is not a scalar.
     """
-    extra_weights = dict(extra_weights or {})
-    if set(extra_weights) - set(EXTRA_LOSS_TERMS):
-        raise KeyError(f"unknown extra weights {sorted(set(extra_weights) - set(EXTRA_LOSS_TERMS))}; "
-                       f"expected some of {list(EXTRA_LOSS_TERMS)}")
     weights = {name: (f"loss.w_{name}", getattr(config, f"w_{name}")) for name in LOSS_TERMS}
-    weights |= {name: (EXTRA_LOSS_TERMS[name], weight) for name, weight in extra_weights.items()}
     unknown = sorted(set(terms) - set(weights))
     if unknown:
         raise KeyError(f"unknown loss terms {unknown}; expected some of {list(weights)}")

@@ -63,7 +63,7 @@ def test_naive_reference_computes_the_same_loss_as_the_real_step(tmp_path, overr
     """The benchmark's speedup is only meaningful if the naive step computes the same loss (exact KD)."""
     from interlingua.config import load_config
     from interlingua.training.recipe import TrainingRecipe
-    from interlingua.training.step import batch_loss
+    from interlingua.training.step import Stage, batch_loss
 
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     from naive_reference import naive_step_loss
@@ -73,10 +73,8 @@ def test_naive_reference_computes_the_same_loss_as_the_real_step(tmp_path, overr
     recipe = TrainingRecipe(config, tmp_path / "run", progress=False)
     recipe.setup(resume=False)
     micro = recipe.stream.micro_batches(config.pretrain.steps)[0]
-    real = batch_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
-                      sender_texts=micro.sender_texts, questions=micro.questions).total
-    naive = naive_step_loss(recipe.system, recipe.forward, micro.texts, micro.answers, config.loss,
-                            micro.sender_texts, micro.questions)
+    real = batch_loss(recipe.system, recipe.forward, micro, Stage.QA, config.loss).total
+    naive = naive_step_loss(recipe.system, recipe.forward, micro, config.loss)
     assert float(naive.detach()) == pytest.approx(float(real.detach()), rel=1e-4)
     recipe.cleanup(False)
 

@@ -73,7 +73,7 @@ def test_missing_data_file_in_folder_is_named(tmp_path, capsys):
 
 
 def test_config_command_prints_the_resolved_config(capsys):
-    code, stdout, _ = run_cli(["config", "-c", "tiny", "--set", "train.lr=0.5"], capsys)
+    code, stdout, _ = run_cli(["config", "-c", "tiny", "train.lr=0.5"], capsys)
     assert code == 0 and "lr: 0.5" in stdout
 
 
@@ -83,11 +83,33 @@ def test_eval_of_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
 
 
 def test_overrides_may_follow_an_option(capsys):
-    code, stdout, _ = run_cli(["config", "-c", "tiny", "train.lr=0.5", "--set", "train.steps=7", "data.seed=3"], capsys)
+    code, stdout, _ = run_cli(["config", "-c", "tiny", "train.lr=0.5", "-q", "train.steps=7", "data.seed=3"], capsys)
     assert code == 0 and "lr: 0.5" in stdout and "steps: 7" in stdout and "seed: 3" in stdout
+
+
+def test_overrides_have_one_syntax_and_the_old_set_option_says_so(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["config", "-c", "tiny", "--set", "train.lr=0.5"], capsys)
+    assert "--set is gone: write each override as KEY=VALUE" in capsys.readouterr().err
+
+
+def test_the_full_size_config_resolves_through_extends(capsys):
+    code, stdout, _ = run_cli(["config", "-c", "embedded-full"], capsys)
+    assert code == 0 and "name: embedded-full" in stdout and "limit: 1000" in stdout and "extends" not in stdout
 
 
 def test_a_stray_argument_is_refused(capsys):
     with pytest.raises(SystemExit):
         run_cli(["config", "-c", "tiny", "train.lr=0.5", "--nope"], capsys)
     assert "unrecognized arguments: --nope" in capsys.readouterr().err
+
+
+def test_generate_takes_key_value_overrides_among_its_message_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from interlingua.cli import _split_messages
+
+    monkeypatch.chdir(tmp_path)
+    Path("a=b.bin").write_bytes(b"")  # an existing file is a message even with '=' in its name
+    messages, overrides = _split_messages(["m.bin", "runtime.device=cpu", "a=b.bin", "eval.limit=3"])
+    assert messages == [Path("m.bin"), Path("a=b.bin")] and overrides == ["runtime.device=cpu", "eval.limit=3"]

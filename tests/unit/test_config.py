@@ -91,3 +91,45 @@ def test_stored_configs_write_enum_values_and_still_read_old_enum_names(tmp_path
     # checkpoints before the change
     old = {**stored, "interlingua": {**stored["interlingua"], "conditioning": "HYBRID"}}
     assert config_from_dict(old) == config
+
+
+def test_the_full_size_run_is_the_embedded_default_with_the_old_command_lines_overrides():
+    """configs/embedded-full.yaml = what docs/usage.md ran as `interlingua run --config embedded
+    pretrain.steps=100 train.steps=150 train.save_every=25 --limit 1000` (the run folder's name aside)."""
+    import dataclasses
+
+    full = load_config("embedded-full")
+    old = load_config("embedded", ["pretrain.steps=100", "train.steps=150", "train.save_every=25", "eval.limit=1000"])
+    assert full.name == "embedded-full" and dataclasses.replace(full, name=old.name) == old
+    assert load_config("embedded-full", ["train.steps=7"]).train.steps == 7  # overrides apply after extends
+
+
+def test_a_config_extends_another_nested_keys_merge_and_lists_replace(tmp_path):
+    (tmp_path / "parent.yaml").write_text("name: parent\nmodels: [{spec: tiny-llama}, {spec: tiny-qwen2}]\n"
+                                          "train: {steps: 9, lr: 0.5, warmup_steps: 1}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent\ntrain: {steps: 3}\nmodels: [{spec: tiny-llama}]\n")
+    (tmp_path / "grandchild.yaml").write_text(f"extends: {tmp_path / 'child.yaml'}\nname: g\n")
+    child = load_config(str(tmp_path / "child.yaml"))
+    assert (child.name, child.train.steps, child.train.lr) == ("parent", 3, 0.5)  # looked up next to the file
+    assert [m.spec for m in child.models] == ["tiny-llama"]
+    assert load_config(str(tmp_path / "grandchild.yaml")).name == "g"
+    shipped = tmp_path / "shipped.yaml"
+    shipped.write_text("extends: tiny\ntrain: {steps: 20}\n")  # a name not beside the file: as --config finds it
+    assert load_config(str(shipped)).models == load_config("tiny").models
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"a": "extends: b\n", "b": "extends: a\n"}, "extends forms a cycle"),
+        ({"a": "extends: nowhere\n"}, "extends: config 'nowhere' not found"),
+        ({"a": "extends: [tiny]\n"}, "extends must name a config"),
+        ({"a": "extends: tiny\ntrain: {stepz: 3}\n"}, "stepz"),
+    ],
+)
+def test_a_bad_extends_is_refused_naming_the_file(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(str(tmp_path / "a.yaml"))
+    assert str(tmp_path / "a.yaml") in str(info.value) or "cycle" in str(info.value)

@@ -30,9 +30,9 @@ from interlingua.eval.jobs import eval_job, validation_examples
 from interlingua.eval.latent import derangement, evaluate_latent
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec, read_spec
 from interlingua.models.system import Interlingua, frozen_model_info
-from interlingua.training.batches import TrainingStream
+from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.recipe import train
-from interlingua.training.step import batch_loss
+from interlingua.training.step import Stage, batch_loss
 from interlingua.wire.service import (
     MessageInputError,
     encode_texts,
@@ -194,8 +194,8 @@ def test_hybrid_loss_sends_the_context_and_gives_the_student_the_question(tiny_l
     monkeypatch.setattr(FrozenLM, "soft_prefix",
                         lambda self, s, **kw: seen["prefix"].append(kw.get("questions")) or soft_prefix(self, s, **kw))
     monkeypatch.setattr(KDTeacher, "kd_loss", lambda self, s, t, g: seen["teacher"].append(t) or kd(self, s, t, g))
-    out = batch_loss(system, system, texts, ["France", "1889"], tiny().loss,
-                     sender_texts=senders, questions=questions)
+    batch = MicroBatch.of(texts, ["France", "1889"], senders, questions)
+    out = batch_loss(system, system, batch, Stage.QA, tiny().loss)
     assert torch.isfinite(out.total)
     assert seen["anchor"] == [senders]
     assert seen["prefix"] == [questions] * len(MODELS)

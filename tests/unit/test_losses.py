@@ -385,9 +385,9 @@ def test_batch_loss_computes_nce_only_when_weighted(tiny_lms, tiny_config, monke
     calls = []
     real = step_module.contrastive_loss
     monkeypatch.setattr(step_module, "contrastive_loss", lambda zs, t: calls.append(t) or real(zs, t))
-    off = step_module.batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0))
+    off = step_module.batch_loss(system, forward, micro, step_module.Stage.QA, LossConfig(w_kd=0.0))
     assert calls == [] and "nce" not in off.terms
-    on = step_module.batch_loss(system, forward, micro.texts, micro.answers,
+    on = step_module.batch_loss(system, forward, micro, step_module.Stage.QA,
                                 LossConfig(w_kd=0.0, w_nce=0.5, nce_temperature=0.2))
     assert calls == [0.2]
     expected = real({k: z for k, z in on.zs.items()}, 0.2).item()  # zs are returned detached

@@ -357,6 +357,6 @@ def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monke
 def test_the_compression_sweep_refuses_a_native_base(tmp_path):
     from interlingua.sweep.grid import load_sweep, plan_sweep
 
-    sweep = load_sweep("tiny", ["overrides=[interlingua.design=native]"])
+    sweep = load_sweep("tiny", ["base.interlingua.design=native"])
     with pytest.raises(ConfigError, match="design=native"):
         plan_sweep(sweep, tmp_path)

@@ -23,6 +23,7 @@ from interlingua.eval.reuse import BaselineReuseError
 from interlingua.models.interlingua import CheckpointError
 from interlingua.sweep import load_sweep, pareto_front, plan_sweep, run_sweep, runner
 from interlingua.sweep import references as references_module
+from interlingua.sweep.grid import SweepGrid
 from interlingua.sweep.pareto import pareto_figure, reference_points
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.table import cell_rows
@@ -31,12 +32,16 @@ from tests.conftest import REPO_ROOT, SQUAD_MINI
 
 SWEEPS = REPO_ROOT / "configs" / "sweeps"
 TINY_SWEEP = str(SWEEPS / "tiny.yaml")
-EXTRA = [f"data.source={SQUAD_MINI}"]  # the sweep file's relative path works from the repository root only
+EXTRA = [f"base.data.source={SQUAD_MINI}"]  # the sweep file's relative path works from the repository root only
 MODELS = ["tiny-llama", "tiny-qwen2"]
 
 
 def tiny_sweep(*overrides: str, **changes):
-    sweep = load_sweep(TINY_SWEEP, list(overrides))
+    """configs/sweeps/tiny.yaml with ``KEY=VALUE`` overrides (the test data's absolute path first); ``changes``
+    replace fields (``grid`` as a dict of knobs)."""
+    sweep = load_sweep(TINY_SWEEP, [*EXTRA, *overrides])
+    if "grid" in changes:
+        changes["grid"] = SweepGrid(**changes["grid"])
     return dataclasses.replace(sweep, **changes) if changes else sweep
 
 
@@ -57,9 +62,9 @@ def recording(function, calls: list):
 # ---- the sweep file ----------------------------------------------------------------------------
 def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp_path):
     sweep = load_sweep("compression")
-    assert sweep.base == "embedded" and sweep.eval_limit == 1000 and sweep.qat is False
-    assert sweep.grid == {"d_inter": [512, 256, 128], "num_slots": [32, 16, 8],
-                          "precision": [Precision.FP16, Precision.INT8, Precision.INT4]}
+    assert sweep.base["extends"] == "embedded" and sweep.base["eval"] == {"limit": 1000} and sweep.qat is False
+    assert sweep.grid.knobs() == {"d_inter": [512, 256, 128], "num_slots": [32, 16, 8],
+                                  "precision": [Precision.FP16, Precision.INT8, Precision.INT4]}
     plan = plan_sweep(sweep, tmp_path)
     assert len(plan.cells) == 27 and len({p.train_dir for p in plan.cells}) == 9
     for _, group in itertools.groupby(plan.cells, key=lambda p: p.train_dir):
@@ -67,7 +72,7 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
         assert len(group) == 3 and all(p.train_config == group[0].train_config for p in group)
         assert [p.eval_config.compression.precision for p in group] == ["fp16", "int8", "int4"]
     first = plan.cells[0]
-    assert (first.eval_config.eval.limit, first.train_config.train.steps) == (1000, sweep.train_steps)
+    assert (first.eval_config.eval.limit, first.train_config.train.steps) == (1000, 150)
     assert plan.reference_shape == (32, 512)  # embedded pools with M learned queries: z is M x d_inter
     assert (first.train_config.pretrain.steps, first.train_config.train.steps) == (100, 150)  # the 250-step run
     assert plan.base_config.train.steps == 150  # the provenance of the tables holds the steps the cells ran
@@ -76,43 +81,49 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
 
 def test_every_shipped_sweep_loads_and_plans(tmp_path):
     for path in sorted(SWEEPS.glob("*.yaml")):
-        sweep = load_sweep(str(path))
-        assert plan_sweep(sweep, tmp_path / path.stem, EXTRA).cells, path.name
+        sweep = load_sweep(str(path), EXTRA)
+        assert plan_sweep(sweep, tmp_path / path.stem).cells, path.name
 
 
 def test_a_qat_sweep_trains_every_cell_at_its_precision(tmp_path):
-    plan = plan_sweep(tiny_sweep("qat=true"), tmp_path, EXTRA)
+    plan = plan_sweep(tiny_sweep("qat=true"), tmp_path)
     assert len(plan.cells) == 8 and len({p.train_dir for p in plan.cells}) == 8
     for planned in plan.cells:
         compression = planned.train_config.compression
         assert compression.qat and compression.precision == planned.cell.precision
-    post_training = plan_sweep(tiny_sweep(), tmp_path, EXTRA)
+    post_training = plan_sweep(tiny_sweep(), tmp_path)
     assert len({p.train_dir for p in post_training.cells}) == 4
     assert not any(p.train_config.compression.qat for p in post_training.cells)
 
 
 def test_float_precisions_ignore_the_group_size(tmp_path):
     sweep = tiny_sweep(grid={"precision": ["fp16", "int4"], "group_size": [8, 16]})
-    names = [p.cell.name for p in plan_sweep(sweep, tmp_path, EXTRA).cells]
+    names = [p.cell.name for p in plan_sweep(sweep, tmp_path).cells]
     assert names == ["d32_m4_fp16", "d32_m4_int4_g8", "d32_m4_int4_g16"]  # d_inter, M: the base's
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("base: tiny\ngrid: {d_inter: [32], bits: [4]}\n", "grid.bits is not a sweep knob"),
-        ("base: tiny\ngrid: {}\n", "grid is empty"),
-        ("base: tiny\n", "grid is empty"),
-        ("grid: {d_inter: [32]}\n", "base is missing"),
-        ("base: tiny\ngrid: {precision: [int2]}\n", "grid.precision: unknown precision 'int2'"),
-        ("base: tiny\ngrid: {d_inter: 32}\n", "grid.d_inter must be a non-empty list"),
-        ("base: tiny\ngrid: {num_slots: []}\n", "grid.num_slots must be a non-empty list"),
-        ("base: tiny\ngrid: {d_inter: [32, 32]}\n", "grid.d_inter repeats a value"),
-        ("base: tiny\ngrid: {d_inter: [-8]}\n", "grid.d_inter values must be positive"),
-        ("base: tiny\ngrid: {d_inter: [32]}\nsteps: 3\n", "'steps'"),
-        ("base: tiny\ngrid: {d_inter: [32]}\neval_limit: many\n", "'eval_limit'"),
-        ("base: tiny\ngrid: {d_inter: [32]}\ntrain_steps: 0\n", "train_steps must be positive"),
-        ("base: tiny\ngrid: {d_inter: [32\n", "not valid YAML"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32], bits: [4]}\n", "grid.bits is not a sweep knob"),
+        ("base: {extends: tiny}\ngrid: {}\n", "grid is empty"),
+        ("base: {extends: tiny}\n", "grid is empty"),
+        ("grid: {d_inter: [32]}\n", "base.extends is missing"),
+        ("base: tiny\ngrid: {d_inter: [32]}\n", "base must be a mapping"),
+        ("base: {extends: tiny}\ngrid: {precision: [int2]}\n", "grid.precision: unknown precision 'int2'"),
+        ("base: {extends: tiny}\ngrid: {d_inter: 32}\n", "grid.d_inter"),
+        ("base: {extends: tiny}\ngrid: {num_slots: []}\n", "grid.num_slots must be a non-empty list"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32, 32]}\n", "grid.d_inter repeats a value"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [-8]}\n", "grid.d_inter values must be positive"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32]}\nsteps: 3\n", "'steps'"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32]}\nqat: maybe\n", "'qat'"),
+        ("base: {extends: tiny, train: {stepz: 3}}\ngrid: {d_inter: [32]}\n", "stepz"),
+        ("base: {extends: tiny, train: {steps: 0}}\ngrid: {d_inter: [32]}\n", "train.steps must be positive"),
+        ("base: {extends: nowhere}\ngrid: {d_inter: [32]}\n", "config 'nowhere' not found"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32]}\neval_limit: 100\n", "base.eval.limit"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32]}\ntrain_steps: 2\n", "base.train.steps"),
+        ("base: {extends: tiny}\noverrides: [train.lr=1]\ngrid: {d_inter: [32]}\n", "nested keys of the run"),
+        ("base: {extends: tiny}\ngrid: {d_inter: [32\n", "not valid YAML"),
         ("- base\n- tiny\n", "a sweep file is a mapping"),
     ],
 )
@@ -124,17 +135,41 @@ def test_a_bad_sweep_file_is_refused_naming_the_key(tmp_path, text, message):
 
 
 def test_bad_sweep_overrides_and_missing_files_are_refused():
-    with pytest.raises(ConfigError, match="unknown key 'eval_limt'.*eval_limit"):
+    with pytest.raises(ConfigError, match="unknown key 'eval_limt'.*sweep keys: base, grid"):
         load_sweep(TINY_SWEEP, ["eval_limt=3"])
+    with pytest.raises(ConfigError, match="unknown key 'eval_limit'.*base.eval.limit"):
+        load_sweep(TINY_SWEEP, ["eval_limit=3"])  # the earlier format's key says where it went
+    with pytest.raises(ConfigError, match="unknown key 'base.train.stpes'.*base.train.steps"):
+        load_sweep(TINY_SWEEP, ["base.train.stpes=3"])
+    with pytest.raises(ConfigError, match="grid.bits is not a sweep knob"):
+        load_sweep(TINY_SWEEP, ["grid.bits=[4]"])
+    with pytest.raises(ConfigError, match="train.steps must be positive"):
+        load_sweep(TINY_SWEEP, ["base.train.steps=0"])
     with pytest.raises(ConfigError, match="shipped sweeps: compression, tiny"):
         load_sweep("no-such-sweep")
+
+
+def test_overrides_reach_the_base_run_and_the_grid_with_one_syntax(tmp_path):
+    """KEY=VALUE as for every command: base.* is the base run (lists it inherits included), the rest the sweep."""
+    sweep = tiny_sweep("base.train.steps=3", "base.models.1.prompt_format=raw", "grid.precision=[int8]",
+                       "grid.d_inter=null", "qat=true")
+    assert sweep.base["train"]["steps"] == 3 and sweep.qat
+    assert sweep.grid.knobs() == {"num_slots": [4, 2], "precision": [Precision.INT8]}
+    plan = plan_sweep(sweep, tmp_path)
+    first = plan.cells[0].train_config
+    assert first.train.steps == 3 and [m.prompt_format.value for m in first.models] == ["raw", "raw"]
+    assert [p.cell.name for p in plan.cells] == ["d32_m4_int8_g32", "d32_m2_int8_g32"]  # d_inter: the base's
+    assert first.data.source == str(SQUAD_MINI) and first.train.warmup_steps == 1  # the file's base keys stay
+    assert plan_sweep(tiny_sweep("base.extends=embedded", "base.eval.limit=7"), tmp_path).base_config.models == \
+        plan_sweep(load_sweep("compression"), tmp_path).base_config.models
+    assert tiny_sweep("output_dir=elsewhere").output_dir == "elsewhere"
 
 
 def test_a_cell_the_run_config_refuses_is_reported_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "train", failing("train"))
     sweep = tiny_sweep(grid={"d_inter": [32, 30]})  # tiny has 4 heads: 30 is not divisible
     with pytest.raises(ConfigError, match=r"sweep cell d_inter=30 .*interlingua.d_inter \(30\).*n_heads"):
-        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+        run_sweep(sweep, tmp_path, progress=False, echo=lambda _: None)
     assert not (tmp_path / "train").exists()
 
 
@@ -166,7 +201,7 @@ def finished_sweep(tmp_path_factory):
     trainings, lines = [], []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runner, "train", recording(runner.train, trainings))
-        run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
+        run_sweep(tiny_sweep(), out, progress=False, echo=lines.append)
     return out, trainings, lines
 
 
@@ -197,7 +232,7 @@ def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
     assert "partial" not in markdown
     # the text references: every model x {text, token budget, question only} on the cells' 4 examples
     assert references.count("\n| tiny-") == 2 * 3 and "question-only control" in references
-    budget = plan_sweep(tiny_sweep(), out, EXTRA).references_config.interlingua.num_slots
+    budget = plan_sweep(tiny_sweep(), out).references_config.interlingua.num_slots
     assert table["references"]["token_budget"] == budget and f"cut to M = {budget} tokens" in references
     summary = table["references"]["baselines"]
     assert set(summary) == set(MODELS) and all(set(modes) == set(BASELINE_MODES) for modes in summary.values())
@@ -253,7 +288,7 @@ def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
     monkeypatch.setattr(references_module, "evaluate_baselines", failing("evaluate_baselines"))
     lines = []
-    run_sweep(tiny_sweep(), out, EXTRA, progress=False, echo=lines.append)
+    run_sweep(tiny_sweep(), out, progress=False, echo=lines.append)
     assert sum("finished earlier, kept" in line for line in lines) == 8
     assert lines[0] == f"text references: read from {out / 'baselines'}"
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
@@ -279,7 +314,7 @@ def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
     out = finished_sweep[0]
     monkeypatch.setattr(runner, "train", failing("train"))
     monkeypatch.setattr(runner, "evaluate_own_latent", failing("evaluate_own_latent"))
-    code = cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", "--set", EXTRA[0]])
+    code = cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", EXTRA[0]])
     printed = capsys.readouterr().out
     assert code == 0 and "[8/8] d_inter=16 M=2 int4 group 32: finished earlier" in printed
     assert "| d_inter | M | precision |" in printed
@@ -293,9 +328,10 @@ def test_changed_eval_settings_recompute_the_cells_not_the_training(finished_swe
     monkeypatch.setattr(runner, "train", failing("train"))
     sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16", "int4"]})
     lines = []
-    run_sweep(sweep, moved, EXTRA, progress=False, echo=lines.append)
+    run_sweep(sweep, moved, progress=False, echo=lines.append)
     assert sum("finished earlier" in line for line in lines) == 2
-    run_sweep(dataclasses.replace(sweep, eval_limit=3), moved, EXTRA, progress=False, echo=lines.append)
+    fewer = tiny_sweep("base.eval.limit=3", grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16", "int4"]})
+    run_sweep(fewer, moved, progress=False, echo=lines.append)
     assert sum("evaluating 3 validation examples" in line for line in lines) == 2
     assert json.loads((moved / "cells" / "d32_m4_int4_g32.json").read_text())["n"] == 3
 
@@ -305,7 +341,7 @@ def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_
     shutil.copytree(finished_sweep[0], moved)
     monkeypatch.setattr(runner, "train", failing("train"))
     with pytest.raises(CheckpointError, match=r"trained with other settings \(loss.w_sem\).*delete"):
-        run_sweep(tiny_sweep(), moved, [*EXTRA, "loss.w_sem=0.2"], progress=False, echo=lambda _: None)
+        run_sweep(tiny_sweep("base.loss.w_sem=0.2"), moved, progress=False, echo=lambda _: None)
 
 
 def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finished_sweep, tmp_path, monkeypatch):
@@ -316,17 +352,19 @@ def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finishe
     monkeypatch.setattr(runner, "train", failing("train"))
     monkeypatch.setattr(references_module, "evaluate_baselines", failing("evaluate_baselines"))
     named = dataclasses.replace(sweep, baselines=str(out / "baselines"))
-    run_sweep(named, moved, EXTRA, progress=False, echo=lambda _: None)
+    run_sweep(named, moved, progress=False, echo=lambda _: None)
     stored = json.loads((moved / "table.json").read_text())
     assert stored["references"]["from"] == str(out / "baselines") and not (moved / "baselines").exists()
     assert stored["references"]["baselines"] == json.loads((out / "table.json").read_text())["references"]["baselines"]
     # other settings than the named run's: refused before any cell, saying which
     with pytest.raises(BaselineReuseError, match="max_new_tokens"):
-        run_sweep(named, tmp_path / "other", [*EXTRA, "eval.max_new_tokens=3"], progress=False, echo=lambda _: None)
+        other = dataclasses.replace(tiny_sweep("base.eval.max_new_tokens=3", grid=dataclasses.asdict(sweep.grid)),
+                                    baselines=str(out / "baselines"))
+        run_sweep(other, tmp_path / "other", progress=False, echo=lambda _: None)
     assert not (tmp_path / "other" / "cells").exists()
     without = tmp_path / "without"
     shutil.copytree(out / "train", without / "train")
-    run_sweep(dataclasses.replace(sweep, references=False), without, EXTRA, progress=False, echo=lambda _: None)
+    run_sweep(dataclasses.replace(sweep, references=False), without, progress=False, echo=lambda _: None)
     assert json.loads((without / "table.json").read_text())["references"] is None
     assert "Text references" not in (without / "table.md").read_text() and not (without / "baselines").exists()
 
@@ -337,7 +375,8 @@ def test_a_baselines_folder_of_other_settings_in_the_sweep_is_recomputed(finishe
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
     lines = []
-    run_sweep(sweep, moved, [*EXTRA, "eval.max_new_tokens=3"], progress=False, echo=lines.append)
+    sweep = tiny_sweep("base.eval.max_new_tokens=3", grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16"]})
+    run_sweep(sweep, moved, progress=False, echo=lines.append)
     assert "does not match this sweep" in lines[0] and "recomputing" in lines[0]
     stored = json.loads((moved / "baselines" / "metrics.json").read_text())
     assert stored["run"]["config"]["eval"]["max_new_tokens"] == 3
@@ -384,13 +423,13 @@ def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkey
 
     monkeypatch.setattr(runner, "evaluate_own_latent", fail_on_the_second_cell)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+        run_sweep(sweep, tmp_path, progress=False, echo=lambda _: None)
     markdown = (tmp_path / "table.md").read_text().split("## Text references")[0]
     assert "partial: 1 of 2 cells finished" in markdown and markdown.count("\n| ") == 1 + 1
     stored = json.loads((tmp_path / "table.json").read_text())
     assert (stored["cells_finished"], stored["cells_planned"], len(stored["rows"])) == (1, 2, 1)
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)  # the rest, then the whole table
+    run_sweep(sweep, tmp_path, progress=False, echo=lambda _: None)  # the rest, then the whole table
     assert "partial" not in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "table.json").read_text())["cells_finished"] == 2
 
@@ -409,7 +448,7 @@ def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", crash_at_step_1)
     with pytest.raises(SimulatedCrash):
-        run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lambda _: None)
+        run_sweep(sweep, tmp_path, progress=False, echo=lambda _: None)
     run_dir = tmp_path / "train" / "d16_m2"
     assert (run_dir / LATEST_CHECKPOINT_FILE).read_text().strip() == "step_000001"  # save_every=1 in tiny.yaml
     assert not (tmp_path / "cells").exists()
@@ -418,7 +457,7 @@ def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, mo
     monkeypatch.setattr(recipe.TrainingRecipe, "_forward_backward", original)
     trainings, lines = [], []
     monkeypatch.setattr(runner, "train", recording(runner.train, trainings))
-    run_sweep(sweep, tmp_path, EXTRA, progress=False, echo=lines.append)
+    run_sweep(sweep, tmp_path, progress=False, echo=lines.append)
     assert trainings == [True] and any("resuming from step_000001" in line for line in lines)
     assert (run_dir / "step_000001" / CHECKPOINT_WEIGHTS_FILE).read_bytes() == first_step
     logged = [json.loads(line)["step"] for line in (run_dir / METRICS_LOG_FILE).read_text().splitlines()]

@@ -33,7 +33,7 @@ from interlingua.constants import (
 from interlingua.data.squad import load_squad
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel
 from interlingua.training import recipe
-from interlingua.training.batches import TrainingStream
+from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
     optimizer_state_from_safe,
     optimizer_state_to_safe,
@@ -197,7 +197,7 @@ def test_step_changes_only_learned_weights(tiny_lms, tiny_config):
 
     stream = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1)
     micro = stream.micro_batches(0)[0]
-    out = batch_loss(system, forward, micro.texts, micro.answers, tiny_config.loss)
+    out = batch_loss(system, forward, micro, Stage.QA, tiny_config.loss)
     out.total.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -225,7 +225,7 @@ def test_zero_weight_skips_the_teacher(tiny_lms, tiny_config, monkeypatch):
     for lm in tiny_lms.values():
         monkeypatch.setattr(lm, "text_prefix", lambda prompts: calls.append(prompts))
     micro = _stream(tiny_config, tiny_lms, batch_size=2, grad_accum=1).micro_batches(0)[0]
-    out = batch_loss(system, system, micro.texts, micro.answers, LossConfig(w_kd=0.0))
+    out = batch_loss(system, system, micro, Stage.QA, LossConfig(w_kd=0.0))
     assert calls == [] and set(out.terms) == {"gen", "align", "sem", "total"}
 
 
@@ -298,7 +298,7 @@ def test_resume_from_truncated_files_is_refused(copied_run, damaged):
 
 
 def test_fresh_run_into_a_folder_with_checkpoints_is_refused(copied_run, capsys):
-    code = cli_main(["train", "--config", "tiny", "--set", f"data.source={SQUAD_MINI}", "-o", str(copied_run), "-q"])
+    code = cli_main(["train", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(copied_run), "-q"])
     assert code == 2
     assert "already holds checkpoints (latest: step_000004); pass --resume" in capsys.readouterr().err
 
@@ -444,7 +444,7 @@ def _train_in_two_processes(output_dir, *overrides: str, strict: bool = False) -
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-        "-m", "interlingua", "train", "--config", "tiny", "--set", f"data.source={SQUAD_MINI}",
+        "-m", "interlingua", "train", "--config", "tiny", f"data.source={SQUAD_MINI}",
         "-o", str(output_dir), "-q", "runtime.device=cpu", *overrides,
     ]
     try:
@@ -559,8 +559,8 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
                         lambda *args: pytest.fail("no KD teacher in the reconstruction stage"))
     micro = _stream(tiny_config, tiny_lms, batch_size=3, grad_accum=1).micro_batches(0)[0]
     texts = micro.texts[:2] + ["Context: short\nQuestion: q?\nAnswer:"]  # shorter than R in one tokenizer
-    out = batch_loss(system, system, texts, micro.answers, LossConfig(),
-                     stage=Stage.RECONSTRUCT, rec_tokens=40)
+    batch = MicroBatch.of(texts, micro.answers)
+    out = batch_loss(system, system, batch, Stage.RECONSTRUCT, LossConfig(), rec_tokens=40)
     assert set(out.terms) == {"rec", "align", "sem", "total"}
     expected = 0.0
     for key, lm in tiny_lms.items():
@@ -576,11 +576,10 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
     norm = loss_norm(tiny_lms, micro.answers, 4, texts, rec_tokens=40)
     assert norm.rec_positions == {k: int(reconstruction_targets(lm, texts, 40).mask.sum())
                                   for k, lm in tiny_lms.items()}
-    normed = batch_loss(system, system, texts, micro.answers, LossConfig(), norm,
-                        stage=Stage.RECONSTRUCT, rec_tokens=40)
+    normed = batch_loss(system, system, batch, Stage.RECONSTRUCT, LossConfig(), norm, rec_tokens=40)
     assert normed.terms["rec"] == pytest.approx(out.terms["rec"], rel=1e-5)
     with pytest.raises(ValueError, match="rec_tokens > 0"):
-        batch_loss(system, system, texts, micro.answers, LossConfig(), stage=Stage.RECONSTRUCT)
+        batch_loss(system, system, batch, Stage.RECONSTRUCT, LossConfig())
 
 
 def test_reconstruction_loss_decreases_with_training(tiny_lms, tiny_config):
@@ -597,7 +596,7 @@ def test_reconstruction_loss_decreases_with_training(tiny_lms, tiny_config):
     config = LossConfig(w_align=0.0, w_sem=0.0)
     losses = []
     for _ in range(6):
-        out = batch_loss(system, forward, micro.texts, micro.answers, config, stage=Stage.RECONSTRUCT, rec_tokens=32)
+        out = batch_loss(system, forward, micro, Stage.RECONSTRUCT, config, rec_tokens=32)
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()
@@ -731,7 +730,7 @@ def test_qat_gradients_pass_straight_through_to_the_aligner(tiny_lms, tiny_confi
     system.compression = CompressionConfig(precision=Precision.INT4, group_size=8, qat=True)
     forward = system
     only_gen = LossConfig(w_align=0.0, w_sem=0.0, w_kd=0.0)  # the aligner learns only through the soft prompt
-    batch_loss(system, forward, micro.texts, micro.answers, only_gen).total.backward()
+    batch_loss(system, forward, micro, Stage.QA, only_gen).total.backward()
     for name, param in system.model.aligner.named_parameters():
         if name.startswith(("input_proj", "refine", "cross")):
             assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -743,27 +742,50 @@ def test_l1_term_is_the_mean_absolute_z_and_absent_at_zero(tiny_lms, tiny_config
     system = _tiny_system(tiny_lms, tiny_config)
     forward = system
     micro = _stream(tiny_config, tiny_lms, batch_size=4, grad_accum=1).micro_batches(0)[0]
-    off = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0))
-    on = batch_loss(system, forward, micro.texts, micro.answers, LossConfig(w_kd=0.0), l1=0.5)
+    off = batch_loss(system, forward, micro, Stage.QA, LossConfig(w_kd=0.0))
+    on = batch_loss(system, forward, micro, Stage.QA, LossConfig(w_kd=0.0, w_l1=0.5))
     assert "l1" not in off.terms and set(on.terms) == set(off.terms) | {"l1"}
     expected = sum(z.abs().mean().item() for z in on.zs.values()) / len(on.zs)  # mean over models and elements
     assert on.terms["l1"] == pytest.approx(expected, rel=1e-6)
     assert on.terms["total"] == pytest.approx(off.terms["total"] + 0.5 * expected, rel=1e-6)
 
 
-def test_combine_losses_takes_the_l1_weight_from_compression():
+def test_combine_losses_takes_the_l1_weight_from_loss():
     from interlingua.config import LossConfig
     from interlingua.losses import combine_losses
 
     terms = {"gen": torch.tensor(1.0), "align": torch.tensor(1.0), "sem": torch.tensor(1.0)}
-    config = LossConfig(w_kd=0.0)
-    assert combine_losses(terms | {"l1": torch.tensor(4.0)}, config, {"l1": 0.25}).item() == pytest.approx(1.6 + 1.0)
-    with pytest.raises(KeyError, match="compression.l1=0.25"):
-        combine_losses(terms, config, {"l1": 0.25})
-    with pytest.raises(KeyError, match="l1"):
-        combine_losses(terms | {"l1": torch.tensor(4.0)}, config)  # a weight nobody passed
+    config = LossConfig(w_kd=0.0, w_l1=0.25)
+    assert combine_losses(terms | {"l1": torch.tensor(4.0)}, config).item() == pytest.approx(1.6 + 1.0)
+    with pytest.raises(KeyError, match="loss.w_l1=0.25"):
+        combine_losses(terms, config)
     with pytest.raises(FloatingPointError, match="l1"):
-        combine_losses(terms | {"l1": torch.tensor(float("nan"))}, config, {"l1": 0.25})
+        combine_losses(terms | {"l1": torch.tensor(float("nan"))}, config)
+    # weight 0: the term may be left out, and adds nothing when given
+    zero = LossConfig(w_kd=0.0)
+    assert combine_losses(terms | {"l1": torch.tensor(4.0)}, zero).item() == combine_losses(terms, zero).item()
+
+
+def test_the_old_compression_l1_key_is_read_as_loss_w_l1(tmp_path, caplog):
+    """Configs stored before the move (checkpoints, results/) and old overrides still load."""
+    import logging
+
+    from interlingua.config import config_from_dict, config_to_dict, load_config
+
+    config = tiny("loss.w_l1=0.01")
+    stored = config_to_dict(config)
+    assert "l1" not in stored["compression"] and stored["loss"]["w_l1"] == 0.01
+    old = {**stored, "loss": {k: v for k, v in stored["loss"].items() if k != "w_l1"},
+           "compression": {**stored["compression"], "l1": 0.01}}
+    with caplog.at_level(logging.INFO, logger="interlingua.config"):
+        assert config_from_dict(old) == config
+        assert load_config("tiny", ["compression.l1=0.01"]).loss == config.loss
+    assert "compression.l1 is now loss.w_l1" in caplog.text
+    path = tmp_path / "old.yaml"
+    path.write_text("extends: tiny\ncompression: {l1: 0.0, qat: false}\n")
+    assert load_config(str(path)).loss.w_l1 == 0.0
+    with pytest.raises(ConfigError, match="keep loss.w_l1 only"):
+        config_from_dict({**old, "loss": stored["loss"] | {"w_l1": 0.5}})
 
 
 def test_training_with_qat_and_l1_quantises_and_logs_l1(tmp_path, monkeypatch):
@@ -774,7 +796,7 @@ def test_training_with_qat_and_l1_quantises_and_logs_l1(tmp_path, monkeypatch):
     original = system_module.fake_quantize
     monkeypatch.setattr(system_module, "fake_quantize", lambda z, p, g: calls.append((p, g)) or original(z, p, g))
     config = tiny("compression.qat=true", "compression.precision=int8", "compression.group_size=16",
-                  "compression.l1=0.01", "train.steps=1", "train.warmup_steps=0")
+                  "loss.w_l1=0.01", "train.steps=1", "train.warmup_steps=0")
     train(config, tmp_path, progress=False)
     assert calls and {(Precision(p).value, g) for p, g in calls} == {("int8", 16)}
     assert set(metrics_rows(tmp_path)[0]["loss"]) == {"gen", "align", "sem", "kd", "l1", "total"}

@@ -1,10 +1,13 @@
-"""The sweep file and the cells it names: a typed :class:`SweepConfig` (YAML <- ``key=value`` overrides)
-and its grid expanded into :class:`Cell` s, each with the run config it trains and evaluates with.
+"""The sweep file and the cells it names: a typed :class:`SweepConfig`, a nested config like the run
+configs (YAML <- ``KEY=VALUE`` overrides), and its grid expanded into :class:`Cell` s, each with the run
+config it trains and evaluates with.
 
-    sweep = load_sweep("configs/sweeps/compression.yaml", ["eval_limit=100"])
+    sweep = load_sweep("compression", ["base.eval.limit=100", "grid.precision=[fp16,int4]"])
     plan = plan_sweep(sweep, Path("runs/sweeps/compression"))
     for planned in plan.cells: ...   # planned.cell, planned.train_config, planned.eval_config, planned.train_dir
 
+A sweep file's ``base:`` is the run every cell starts from, written as a config file is (``extends: NAME``
+plus nested keys of the run); ``base.KEY=VALUE`` overrides reach it, every other key is the sweep's own.
 Cells that share ``(d_inter, num_slots)`` share one training run (post-training quantisation); with
 ``qat: true`` every cell trains its own, quantisation-aware at its precision and group size.
 """
@@ -17,19 +20,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from interlingua.codec.quantize import FLOAT_DTYPES
 from interlingua.config import (
+    EXTENDS_KEY,
     SHIPPED_CONFIG_DIR,
     Config,
     ConfigError,
     Pooling,
     Precision,
+    config_from_mapping,
     config_to_dict,
-    load_config,
     normalised_config_dict,
     parse_override,
+    resolve_extends,
 )
 
 GRID_KEYS = {
@@ -47,23 +52,50 @@ IGNORED_FOR_REUSE = (
     ("runtime", "output_dir"), ("runtime", "device"), ("runtime", "shard_frozen"), ("train", "keep_checkpoints"),
 )
 """Settings that do not change a result: a finished cell or training run is kept when only these differ."""
+BASE_PREFIX = "base."
+"""``base.KEY=VALUE`` overrides the base run config of every cell (``base.data.source=DIR``)."""
+MOVED_SWEEP_KEYS = {
+    "overrides": "write them as nested keys of the run under base: (base: {train: {warmup_steps: 5}}), or as "
+                 "base.KEY=VALUE on the command line",
+    "eval_limit": "it is base.eval.limit now (base: {eval: {limit: 1000}})",
+    "train_steps": "it is base.train.steps now (base: {train: {steps: 150}})",
+}
+"""Keys of the earlier sweep-file format -> where their setting lives now."""
+
+
+@dataclass
+class SweepGrid:
+    """Knob -> list of values; the cells are their product. A knob left null keeps the base run's value."""
+
+    d_inter: Optional[List[Any]] = None
+    """Widths of the shared space (``interlingua.d_inter``); each value trains its own checkpoint."""
+    num_slots: Optional[List[Any]] = None
+    """M, soft tokens per adapter (``interlingua.num_slots``); each value trains its own checkpoint."""
+    precision: Optional[List[Any]] = None
+    """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4."""
+    group_size: Optional[List[Any]] = None
+    """Values per scale of int8 / int4 (``compression.group_size``); float precisions ignore it."""
+
+    def __post_init__(self) -> None:
+        for key in GRID_KEYS:
+            if getattr(self, key) is not None:
+                setattr(self, key, _grid_values(key, getattr(self, key)))
+
+    def knobs(self) -> Dict[str, list]:
+        """The knobs the grid sets, in :data:`GRID_KEYS` order (precisions as :class:`Precision`)."""
+        return {key: getattr(self, key) for key in GRID_KEYS if getattr(self, key) is not None}
 
 
 @dataclass
 class SweepConfig:
-    """One compression sweep (``interlingua sweep --config FILE``)."""
+    """One compression sweep (``interlingua sweep --config FILE [KEY=VALUE …]``)."""
 
-    base: str = ""
-    """Run config every cell starts from: a name (``embedded``, ``tiny``) or a YAML path."""
-    overrides: List[str] = field(default_factory=list)
-    """``key=value`` overrides of the base config for every cell, e.g. ``train.warmup_steps=5``."""
-    grid: Dict[str, Any] = field(default_factory=dict)
-    """Knob -> list of values; the cells are their product. Knobs: d_inter, num_slots, precision,
-    group_size; one left out keeps the base config's value."""
-    eval_limit: Optional[int] = 1000
-    """Validation examples per cell (sets eval.limit); null = the base config's."""
-    train_steps: Optional[int] = None
-    """Optimizer steps of each training run (sets train.steps); null = the base config's."""
+    base: Dict[str, Any] = field(default_factory=dict)
+    """The run config every cell starts from, written as a config file is: ``extends: NAME`` (a config
+    name such as ``embedded`` or a YAML path) plus nested keys of the run, e.g. ``train: {steps: 150}``
+    and ``eval: {limit: 1000}`` (the validation examples of every cell and of the text references)."""
+    grid: SweepGrid = field(default_factory=SweepGrid)
+    """The knobs and their values (:class:`SweepGrid`)."""
     qat: bool = False
     """false: one checkpoint per (d_inter, num_slots), every precision quantised after training; true:
     every cell trains quantisation-aware at its own precision and group size."""
@@ -78,18 +110,25 @@ class SweepConfig:
     same examples, models and settings); null = compute them into <sweep folder>/baselines."""
 
     def __post_init__(self) -> None:
-        if not self.base.strip():
-            raise ConfigError("base is missing: name the run config the cells start from, e.g. base: embedded")
-        if not self.grid:
+        if not str(self.base.get(EXTENDS_KEY) or "").strip() and "models" not in self.base:
+            raise ConfigError("base.extends is missing: name the run config the cells start from, "
+                              "e.g. base: {extends: embedded}")
+        if not self.grid.knobs():
             raise ConfigError(f"grid is empty: give at least one of {', '.join(GRID_KEYS)} a list of values, "
                               "e.g. grid: {precision: [fp16, int8, int4]}")
-        unknown = sorted(set(self.grid) - set(GRID_KEYS))
-        if unknown:
-            raise ConfigError(f"grid.{unknown[0]} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}")
-        self.grid = {key: _grid_values(key, self.grid[key]) for key in GRID_KEYS if key in self.grid}
-        for key in ("eval_limit", "train_steps"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive or null, got {getattr(self, key)}")
+
+    @property
+    def base_name(self) -> str:
+        """What the base extends (for messages and tables)."""
+        return str(self.base.get(EXTENDS_KEY) or "the base")
+
+    def run_config(self, overrides: Optional[List[str]] = None) -> Config:
+        """The base run config with ``KEY=VALUE`` overrides of its own keys (``interlingua.d_inter=256``).
+
+        Raises:
+            ConfigError: the base or an override is invalid; names the key.
+        """
+        return config_from_mapping(self.base, overrides, origin="sweep base")
 
 
 def _grid_values(key: str, values: Any) -> list:
@@ -108,7 +147,7 @@ def _grid_values(key: str, values: Any) -> list:
             raise ConfigError(f"grid.{key} values must be positive integers, got {value!r}")
         checked.append(value)
     if len(set(checked)) != len(checked):
-        raise ConfigError(f"grid.{key} repeats a value: {values}")
+        raise ConfigError(f"grid.{key} repeats a value: {list(values)}")
     return checked
 
 
@@ -135,10 +174,13 @@ def find_sweep_file(name_or_path: str) -> Path:
 
 
 def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> SweepConfig:
-    """Dataclass defaults <- the sweep YAML <- ``key=value`` overrides (e.g. ``eval_limit=100``).
+    """Dataclass defaults <- the sweep YAML <- ``KEY=VALUE`` overrides, as :func:`~interlingua.config.load_config`
+    does for a run: ``base.train.steps=40`` changes the base run of every cell, ``grid.precision=[fp16,int4]``,
+    ``qat=true`` the sweep.
 
     Raises:
-        ConfigError: missing file, YAML that does not parse, unknown key, bad value; names the key.
+        ConfigError: missing file, YAML that does not parse, unknown key, bad value, an invalid base run
+            config; names the key.
     """
     path = find_sweep_file(name_or_path)
     try:
@@ -146,25 +188,70 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
     except Exception as err:  # yaml errors of several kinds
         raise ConfigError(f"{path}: not valid YAML ({_first_line(err)})") from None
     if not OmegaConf.is_dict(from_file):
-        raise ConfigError(f"{path}: a sweep file is a mapping (keys base, overrides, grid, ...), not a list or value")
+        raise ConfigError(f"{path}: a sweep file is a mapping (keys base, grid, qat, ...), not a list or value")
+    moved = [key for key in MOVED_SWEEP_KEYS if key in from_file]
+    if moved:
+        raise ConfigError(f"{path}: {moved[0]} is no longer a sweep key: {MOVED_SWEEP_KEYS[moved[0]]}")
+    if "base" in from_file and not OmegaConf.is_dict(from_file.base):
+        raise ConfigError(f"{path}: base must be a mapping: the run config written as a config file is, "
+                          f"e.g. base: {{extends: {from_file.base}}}")
+    parsed = [(text, *parse_override(text)) for text in overrides or []]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), from_file)
-        for text in overrides or []:
-            key, value = parse_override(text)
-            if key.split(".")[0] not in merged:
-                raise ConfigError(f"override {text!r}: unknown key {key!r}; sweep keys: {', '.join(merged.keys())}")
+        for text, key, value in parsed:
+            if key.startswith(BASE_PREFIX) or key == "base":
+                continue
+            if key.startswith("grid.") and key.removeprefix("grid.") not in GRID_KEYS:
+                raise ConfigError(f"override {text!r}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}")
+            if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
+                hint = MOVED_SWEEP_KEYS.get(key) or f"sweep keys: {', '.join(merged.keys())}"
+                raise ConfigError(f"override {text!r}: unknown key {key!r}; {hint}")
             OmegaConf.update(merged, key, value, merge=True)
+        for text, key, value in parsed:  # base=… first, then base.extends, then the base's own keys
+            if key == "base":
+                OmegaConf.update(merged, key, value, merge=False)
+        for text, key, value in sorted((p for p in parsed if p[1].startswith(BASE_PREFIX)),
+                                       key=lambda p: p[1] != BASE_PREFIX + EXTENDS_KEY):
+            _override_base(merged, text, key.removeprefix(BASE_PREFIX), value)
         sweep = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         if isinstance(err.__cause__, ConfigError):
             raise ConfigError(f"{path}: {err.__cause__}") from None
         key = getattr(err, "full_key", None) or "?"
+        if isinstance(err, ConfigKeyError) and key.startswith("grid."):
+            raise ConfigError(f"{path}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}") from None
         raise ConfigError(f"{path}: bad key {key!r}: {_first_line(err)}") from None
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     if sweep.output_dir is None:
         sweep.output_dir = str(Path("runs") / "sweeps" / path.stem)
+    try:
+        sweep.run_config()  # the base alone must be a valid run config, before any work
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return sweep
+
+
+def _override_base(merged, text: str, key: str, value: Any) -> None:
+    """``base.KEY=VALUE``: check ``KEY`` against the base run config (``extends`` resolved), then set it in
+    the sweep's ``base`` mapping (a list the base only inherits, e.g. ``models``, is copied in first so
+    that ``base.models.1.prompt_format=chat`` changes one entry)."""
+    if key != EXTENDS_KEY:
+        inherited = resolve_extends(merged.base, "sweep base")
+        structured = OmegaConf.merge(OmegaConf.structured(Config), inherited)
+        if OmegaConf.select(structured, key, default=_MISSING) is _MISSING:
+            parent = key.rpartition(".")[0]
+            node = OmegaConf.select(structured, parent) if parent else structured
+            known = ", ".join(f"base.{parent + '.' if parent else ''}{k}" for k in node.keys()) \
+                if OmegaConf.is_dict(node) else "see `interlingua config --config NAME`"
+            raise ConfigError(f"override {text!r}: unknown key {BASE_PREFIX + key!r}; known: {known}")
+        top = key.split(".")[0]
+        if top not in merged.base and OmegaConf.is_list(inherited.get(top)):
+            merged.base[top] = inherited[top]
+    OmegaConf.update(merged.base, key, value, merge=True)
+
+
+_MISSING = object()
 
 
 def _first_line(err: Exception) -> str:
@@ -217,11 +304,11 @@ class PlannedCell:
 class SweepPlan:
     cells: list[PlannedCell]
     base_config: Config
-    """The base config with the sweep's overrides (provenance of the tables)."""
+    """The base run config (provenance of the tables)."""
     reference_shape: tuple[int, ...]
     """Shape of the reference message's z (:data:`REFERENCE_CELL` under the base's pooling)."""
     references_config: Config
-    """The base config evaluated on the cells' examples: what the text references are run with."""
+    """What the text references are run with: the base run config (its ``eval.limit`` is the cells')."""
 
 
 def z_shape(d_inter: int, num_slots: int, pooling: Pooling) -> tuple[int, ...]:
@@ -236,54 +323,48 @@ def expand_grid(sweep: SweepConfig, base: Config) -> list[Cell]:
         "d_inter": [base.interlingua.d_inter], "num_slots": [base.interlingua.num_slots],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    values = [sweep.grid.get(key, defaults[key]) for key in GRID_KEYS]
+    values = [sweep.grid.knobs().get(key, defaults[key]) for key in GRID_KEYS]
     cells = [Cell(*combination) for combination in itertools.product(*values)]
     # Float precisions ignore group_size: one cell each, not one per group size.
     unique = {(c.d_inter, c.num_slots, c.precision, c.group_size if c.quantised else None): c for c in cells}
     return list(unique.values())
 
 
-def plan_sweep(sweep: SweepConfig, output_dir: Path, extra_overrides: Optional[List[str]] = None) -> SweepPlan:
+def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     """Every cell with its training folder and configs, all built (and so validated) before any work.
 
     Args:
-        sweep: the sweep.
+        sweep: the sweep (its ``base`` already carries any ``base.KEY=VALUE`` overrides).
         output_dir: the sweep folder.
-        extra_overrides: ``key=value`` on the base config after the sweep's own (e.g. ``data.source=DIR``).
     Raises:
         ConfigError: a cell whose config is invalid (e.g. d_inter not divisible by interlingua.n_heads);
             names the key.
     """
-    common = list(sweep.overrides) + list(extra_overrides or [])
-    if sweep.train_steps is not None:  # before validation: a warmup longer than the base's own steps is fine
-        common.append(f"train.steps={sweep.train_steps}")
-    base = load_config(sweep.base, common)
+    base = sweep.run_config()
     if base.interlingua.design.value == "native":
         raise ConfigError(
-            f"sweep base {sweep.base!r} uses interlingua.design=native, which the compression sweep (d_inter x M x "
-            "precision of the pooled design) does not cover yet; use a pooled base such as embedded"
+            f"sweep base {sweep.base_name!r} uses interlingua.design=native, which the compression sweep (d_inter x M "
+            "x precision of the pooled design) does not cover yet; use a pooled base such as embedded"
         )
-    limit = [f"eval.limit={sweep.eval_limit}"] if sweep.eval_limit is not None else []
     planned = []
     for cell in expand_grid(sweep, base):
         shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.num_slots={cell.num_slots}"]
         wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
-        evaluation = wire + limit
         run_name = cell.name if sweep.qat else f"d{cell.d_inter}_m{cell.num_slots}"
         train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
         # Post-training quantisation: the training run does not depend on the wire settings.
-        training = common + shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
+        training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
         training.append(f"runtime.output_dir={train_dir}")
         planned.append(PlannedCell(
-            cell, train_dir, _cell_config(sweep, training, cell), _cell_config(sweep, training + evaluation, cell),
+            cell, train_dir, _cell_config(sweep, training, cell), _cell_config(sweep, training + wire, cell),
         ))
     reference = z_shape(REFERENCE_CELL["d_inter"], REFERENCE_CELL["num_slots"], base.interlingua.pooling)
-    return SweepPlan(planned, base, reference, load_config(sweep.base, common + limit))
+    return SweepPlan(planned, base, reference, base)
 
 
 def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config:
     try:
-        return load_config(sweep.base, overrides)
+        return sweep.run_config(overrides)
     except ConfigError as err:
         raise ConfigError(f"sweep cell {cell.label}: {err}") from None
 

@@ -3,7 +3,7 @@ table and the Pareto plot (after every computed cell too, labelled partial until
 cell whose result file matches its config is kept, a finished training run is reused, an interrupted
 one continues from its latest checkpoint.
 
-    out = run_sweep(load_sweep("configs/sweeps/compression.yaml"), extra_overrides=["data.source=DIR"])
+    out = run_sweep(load_sweep("configs/sweeps/compression.yaml", ["base.data.source=DIR"]))
 
 Layout of the sweep folder::
 
@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from interlingua.artifacts.files import run_info, write_json, write_jsonl
 from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint, read_trainer_state
@@ -48,7 +48,6 @@ PARETO_PLOT = "pareto.png"
 def run_sweep(
     sweep: SweepConfig,
     output_dir: Optional[Path] = None,
-    extra_overrides: Optional[Sequence[str]] = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Path:
@@ -57,7 +56,6 @@ def run_sweep(
     Args:
         sweep: the sweep (:func:`~interlingua.sweep.grid.load_sweep`).
         output_dir: the sweep folder; default ``sweep.output_dir``.
-        extra_overrides: ``key=value`` on the base config of every cell, after the sweep's own.
         progress: progress bars of training and decoding.
         echo: where the one line per cell event goes.
     Returns:
@@ -67,7 +65,7 @@ def run_sweep(
         CheckpointError: a finished training run in the folder was trained with other settings.
     """
     out = Path(output_dir or sweep.output_dir)
-    plan = plan_sweep(sweep, out, list(extra_overrides or []))
+    plan = plan_sweep(sweep, out)
     evaluator = _Evaluator(progress)
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
     reference_bytes = message_size(plan.reference_shape, "fp16", 0)
@@ -118,11 +116,18 @@ def run_sweep(
 
 
 def sweep_to_dict(sweep: SweepConfig) -> dict:
-    """The sweep as plain JSON values (precisions as strings)."""
-    grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.items()}
-    return {"base": sweep.base, "overrides": list(sweep.overrides), "grid": grid, "eval_limit": sweep.eval_limit,
-            "train_steps": sweep.train_steps, "qat": sweep.qat, "output_dir": sweep.output_dir,
+    """The sweep as plain JSON values, as a sweep file writes it (precisions as strings)."""
+    grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.knobs().items()}
+    return {"base": _plain(sweep.base), "grid": grid, "qat": sweep.qat, "output_dir": sweep.output_dir,
             "references": sweep.references, "baselines": sweep.baselines}
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(value) for value in node]
+    return getattr(node, "value", node)
 
 
 def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:

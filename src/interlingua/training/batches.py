@@ -59,9 +59,24 @@ class TrainItem:
 
 @dataclass(frozen=True)
 class MicroBatch:
-    """One forward pass of one process."""
+    """One forward pass of one process: what ``training.step.batch_loss`` reads."""
 
     items: list[TrainItem]
+
+    @classmethod
+    def of(cls, texts: Sequence[str], answers: Sequence[str], sender_texts: Sequence[str] | None = None,
+           questions: Sequence[str] | None = None) -> "MicroBatch":
+        """A batch from parallel lists (``sender_texts`` / ``questions``: hybrid conditioning; None = full).
+
+        Raises:
+            ValueError: the lists differ in length.
+        """
+        senders = list(sender_texts) if sender_texts is not None else [None] * len(texts)
+        asked = list(questions) if questions is not None else [None] * len(texts)
+        if not len(texts) == len(answers) == len(senders) == len(asked):
+            raise ValueError(f"MicroBatch.of needs lists of one length, got {len(texts)} texts, {len(answers)} "
+                             f"answers, {len(senders)} sender texts, {len(asked)} questions")
+        return cls([TrainItem(t, a, s, q) for t, a, s, q in zip(texts, answers, senders, asked)])
 
     @property
     def texts(self) -> list[str]:

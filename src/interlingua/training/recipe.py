@@ -298,11 +298,8 @@ class TrainingRecipe:
         out, error = None, None
         try:
             with self.accelerator.autocast():
-                out = batch_loss(
-                    self.system, self.forward, micro.texts, micro.answers, self.config.loss, norm,
-                    stage=stage_of(step, self.config), rec_tokens=self.config.pretrain.tokens,
-                    sender_texts=micro.sender_texts, questions=micro.questions, l1=self.config.compression.l1,
-                )
+                out = batch_loss(self.system, self.forward, micro, stage_of(step, self.config), self.config.loss,
+                                 norm, rec_tokens=self.config.pretrain.tokens)
         except FloatingPointError as err:
             error = str(err)
         errors = [e for e in gather_object([error]) if e]  # a lone process raising would hang the others

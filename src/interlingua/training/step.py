@@ -2,7 +2,7 @@
 
     forward = system                                         # or its DistributedDataParallel wrapper
     norm = loss_norm(system.lms, global_batch_answers, k)   # once per optimizer step
-    out = batch_loss(system, forward, micro.texts, micro.answers, config.loss, norm)
+    out = batch_loss(system, forward, micro, Stage.QA, config.loss, norm)   # micro: a batches.MicroBatch
     out.total.backward()
 
 **Normalisation.** Each loss term is a mean: L_gen and L_kd over the real answer positions of each
@@ -48,6 +48,7 @@ from interlingua.losses import (
 from interlingua.models.frozen_lm import FrozenLM, Targets
 from interlingua.models.native import NativeInterlingua, summary
 from interlingua.models.system import Interlingua
+from interlingua.training.batches import MicroBatch
 
 
 class Stage(str, Enum):
@@ -128,15 +129,11 @@ def reconstruction_targets(lm: FrozenLM, texts: list[str], tokens: int) -> Targe
 def batch_loss(
     system: Interlingua,
     forward: nn.Module,
-    texts: list[str],
-    answers: list[str],
+    batch: MicroBatch,
+    stage: Stage,
     config: LossConfig,
     norm: LossNorm | None = None,
-    stage: Stage = Stage.QA,
     rec_tokens: int = 0,
-    sender_texts: list[str] | None = None,
-    questions: list[str] | None = None,
-    l1: float = 0.0,
 ) -> StepLoss:
     """Loss of one micro-batch, over every model of ``system``.
 
@@ -144,33 +141,30 @@ def batch_loss(
         system: learned model + frozen LLMs (all of them are trained together, N >= 2) + encoder.
         forward: ``system`` itself, or ``system`` wrapped for data parallelism (its ``forward`` runs the
             learned modules; with ``compression.qat`` the soft prompts read the wire's z).
-        texts: ``B`` text prompts (already cut to the token budget): what the KD teacher reads, and
-            the senders too unless ``sender_texts`` is given.
-        answers: ``B`` gold answers (the first of each example).
-        config: loss weights, K and the KD temperature. A term with weight 0 is not computed (no
-            teacher forward when ``w_kd = 0``).
-        norm: the optimizer step's global batch; None = this batch alone (plain means).
+        batch: ``B`` training items (:class:`~interlingua.training.batches.MicroBatch`): ``texts`` (the text
+            prompts, already cut to the token budget: what the KD teacher reads), ``answers`` (the first
+            gold answer of each), ``sender_texts`` (what the aligner, the anchor and L_rec's targets read:
+            ``Context: …`` alone with ``interlingua.conditioning=hybrid``, else ``texts``) and ``questions``
+            (hybrid: what the student reads as text after its soft prompt; None = the answer cue alone).
         stage: ``Stage.QA`` (L_gen, L_kd, and L_rec if ``w_rec > 0``) or ``Stage.RECONSTRUCT`` (L_rec
-            with weight 1 instead of L_gen and L_kd). L_align, L_sem and L_nce apply in both.
+            with weight 1 instead of L_gen and L_kd). L_align, L_sem, L_nce and L1 apply in both.
+        config: ``loss.*``: the weights (L1 = ``w_l1``), K and the KD temperature. A term with weight 0 is
+            not computed (no teacher forward when ``w_kd = 0``).
+        norm: the optimizer step's global batch; None = this batch alone (plain means).
         rec_tokens: R, the reconstruction targets per text (``pretrain.tokens``); needed when L_rec is
             trained (then ``norm`` must come from ``loss_norm(..., texts, rec_tokens)``).
-        sender_texts: ``B`` texts the aligner and the anchor read instead of ``texts`` (and L_rec's
-            targets); ``interlingua.conditioning=hybrid`` sends ``Context: …`` alone.
-        questions: ``B`` questions the student reads as text after its soft prompt (hybrid); None =
-            the answer cue alone (full).
-        l1: weight of the L1 sparsity term "l1" = mean |z| (``compression.l1``); 0 = not computed.
     Returns:
         :class:`StepLoss`.
     Raises:
         FloatingPointError: a term is NaN or inf (from :func:`combine_losses`; names the term).
         ValueError: L_rec is trained without ``rec_tokens > 0``; ``loss.w_nce > 0`` with B < 2.
     """
-    config = _stage_weights(config, stage)
+    config = _stage_weights(config, Stage(stage))
     if config.w_rec and rec_tokens <= 0:
         raise ValueError(f"L_rec needs rec_tokens > 0 (pretrain.tokens), got {rec_tokens}")
-    sender_texts = texts if sender_texts is None else sender_texts
     if isinstance(system.model, NativeInterlingua):
-        return native_batch_loss(system, forward, texts, answers, config, norm, rec_tokens, sender_texts, questions, l1)
+        return native_batch_loss(system, forward, batch, config, norm, rec_tokens)
+    texts, answers, sender_texts, questions = batch.texts, batch.answers, batch.sender_texts, batch.questions
     anchor = system.anchor(sender_texts)  # (B, d_sem) or (B, S, d_sem): frozen, no gradient
     zs, soft_prompts, anchor_target = forward(sender_texts, anchor)
     example_share = len(texts) / norm.examples if norm else 1.0
@@ -194,11 +188,11 @@ def batch_loss(
         terms["gen"] = torch.stack(gen).sum()
     if kd:
         terms["kd"] = torch.stack(kd).sum()
-    return _with_z_terms(terms, zs, anchor_target, config, example_share, l1, soft_prompts)
+    return _with_z_terms(terms, zs, anchor_target, config, example_share, soft_prompts)
 
 
 def _with_z_terms(terms: dict[str, Tensor], zs: dict[str, Tensor], anchor_target: Tensor, config: LossConfig,
-                  example_share: float, l1: float, soft_prompts: dict[str, Tensor]) -> StepLoss:
+                  example_share: float, soft_prompts: dict[str, Tensor]) -> StepLoss:
     """Add the terms on z (align, sem, nce, l1; weighted by the example share) to the token terms and combine."""
     if config.w_align:
         terms["align"] = alignment_loss(zs) * example_share
@@ -206,24 +200,26 @@ def _with_z_terms(terms: dict[str, Tensor], zs: dict[str, Tensor], anchor_target
         terms["sem"] = semantic_anchor_loss(zs, anchor_target) * example_share
     if config.w_nce:
         terms["nce"] = contrastive_loss(zs, config.nce_temperature) * example_share
-    if l1:
+    if config.w_l1:
         terms["l1"] = l1_penalty(zs) * example_share
-    total = combine_losses(terms, config, extra_weights={"l1": l1})
+    total = combine_losses(terms, config)
     floats = {name: float(value.detach()) for name, value in terms.items()} | {"total": float(total.detach())}
     return StepLoss(total, floats, _detached(zs), _detached(soft_prompts))
 
 
 def native_batch_loss(
-    system: Interlingua, forward: nn.Module, texts: list[str], answers: list[str], config: LossConfig,
-    norm: LossNorm | None, rec_tokens: int, sender_texts: list[str], questions: list[str] | None, l1: float,
+    system: Interlingua, forward: nn.Module, batch: MicroBatch, config: LossConfig, norm: LossNorm | None,
+    rec_tokens: int,
 ) -> StepLoss:
-    """:func:`batch_loss` of the native design: every receiver b reads every sender a's z.
+    """:func:`batch_loss` of the native design (``config`` already weighted for the stage): every receiver
+    b reads every sender a's z.
 
     L_gen and L_kd (from b's own text teacher) and L_rec (b repeats the first R tokens of the sent text in
     its own tokenisation after ``soft tokens + RECONSTRUCTION_CUE``, teacher-forced) are means over the
     senders for each receiver, summed over receivers like the seed's per-model terms, so their scale does
     not grow with N. L_align, L_sem, L_nce and L1 compare the senders' masked-mean summaries ``(B, d_inter)``
     (the senders' token sequences differ in length)."""
+    texts, answers, sender_texts, questions = batch.texts, batch.answers, batch.sender_texts, batch.questions
     anchor = system.anchor(sender_texts)
     latents, soft, anchor_target = forward(sender_texts, anchor)
     senders = list(latents)
@@ -254,7 +250,7 @@ def native_batch_loss(
     token_terms = (("gen", gen), ("kd", kd), ("rec", rec))
     terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in token_terms if parts}
     own = {key: soft[(key, key)].embeddings for key in system.lms}
-    return _with_z_terms(terms, summaries, anchor_target, config, example_share, l1, own)
+    return _with_z_terms(terms, summaries, anchor_target, config, example_share, own)
 
 
 def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:
