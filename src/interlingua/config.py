@@ -618,14 +618,41 @@ def _known_keys_hint(merged, key: str) -> str:
     return "see `interlingua config --config NAME` for the full list"
 
 
+def to_plain(obj) -> dict:
+    """A config dataclass (a whole :class:`Config`, a section, a checkpoint spec) as plain JSON/YAML values.
+
+    Serialised through OmegaConf with the dataclass as schema; enums are written as their values
+    (``hybrid``), as a user writes them (``OmegaConf.to_container(enum_to_str=True)`` would write their
+    names, which older files hold and which still read: see :func:`from_plain`).
+    """
+    return _enum_values(OmegaConf.to_container(OmegaConf.structured(obj), enum_to_str=False))
+
+
+def from_plain(schema: type, data: dict):
+    """``data`` read into the dataclass ``schema`` through OmegaConf: keys absent from ``data`` take the
+    dataclass defaults, enums read from their values or their names (older files), types are checked.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or one the dataclass rejects.
+    """
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise ConfigError(f"bad key {_key_of(err)!r}: {_first_line(err)}") from None
+
+
 def config_to_dict(config: Config) -> dict:
-    """Plain dict for JSON/YAML output; enums as their values (``hybrid``), as a user writes them."""
-    return _enum_values(dataclasses.asdict(config))
+    """Plain dict for JSON/YAML output (run info, trainer state, config.yaml); see :func:`to_plain`."""
+    return to_plain(config)
 
 
 def normalised_config_dict(stored: dict) -> dict:
     """A stored config dict as :func:`config_to_dict` writes it today (older checkpoints stored enum
-    names such as ``HYBRID``); a dict that no longer loads is returned unchanged."""
+    names such as ``HYBRID`` and lack newer keys); a dict that no longer loads is returned unchanged."""
     try:
         return config_to_dict(config_from_dict(stored))
     except ConfigError:

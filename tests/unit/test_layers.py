@@ -17,7 +17,7 @@ PACKAGE = Path(interlingua.__file__).parent
 
 LAYERS: dict[str, int] = {
     # base: no dependency on anything that runs a model
-    "errors": 0, "constants": 0, "config": 0, "provenance": 0, "runtime": 0, "codec": 1, "artifacts": 1,
+    "errors": 0, "constants": 0, "config": 0, "settings": 0, "provenance": 0, "runtime": 0, "codec": 1, "artifacts": 1,
     "data": 2,
     "losses": 3,
     "models": 4,

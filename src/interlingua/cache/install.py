@@ -1,4 +1,5 @@
-"""Attach the configured caches to a training system (``cache.*`` in the run config)."""
+"""Attach the configured caches to a training system (``cache.*`` in the run config). The config keys a
+cache's values depend on are ``TEACHER_CACHE`` / ``ANCHOR_CACHE`` of :mod:`interlingua.settings`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Callable, Optional
 from interlingua.cache.anchor import AnchorCache
 from interlingua.cache.store import TensorStore
 from interlingua.cache.teacher import KDTeacher
-from interlingua.config import Config
+from interlingua.config import AnchorKind, Config
+from interlingua.settings import Artifact, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,18 @@ def install_caches(system, config: Config, any_process: Optional[Callable[[bool]
     Returns:
         The stores opened (flush them at checkpoints and at the end).
     """
-    settings, root, stores = config.cache, cache_dir(config), []
-    temperature = config.loss.kd_temperature
+    root, stores = cache_dir(config), []
+    teacher = settings_of(Artifact.TEACHER_CACHE, config)  # {"temperature": loss.kd_temperature, "top_k": …}
     if config.loss.w_kd:
         for key, lm in system.lms.items():
             store = None
-            if settings.teacher:
-                store = TensorStore.open(root, "teacher", KDTeacher.settings(lm, temperature, settings.teacher_top_k))
+            if config.cache.teacher:
+                store = TensorStore.open(root, "teacher", KDTeacher.settings(lm, **teacher))
                 stores.append(store)
                 log.info("%s: KD teacher cache %s (%d entries)", key, store.directory, len(store))
-            system.teachers[key] = KDTeacher(lm, temperature, settings.teacher_top_k, store, any_process)
-    if settings.anchor:
-        kind = config.interlingua.anchor
+            system.teachers[key] = KDTeacher(lm, teacher["temperature"], teacher["top_k"], store, any_process)
+    if config.cache.anchor:
+        kind = AnchorKind(settings_of(Artifact.ANCHOR_CACHE, config)["anchor"])
         store = TensorStore.open(root, "anchor", AnchorCache.settings(system.encoder, kind))
         stores.append(store)
         system.anchor_cache = AnchorCache(system.encoder, kind, store)

@@ -5,7 +5,8 @@
     store.put(key, {"ids": ids, ...})   # buffered; written as one shard every `flush_every` entries
     store.flush()                       # at the end of a run (also on close)
 
-Everything that changes the stored values and is not part of an entry's key goes into ``settings``;
+Everything that changes the stored values and is not part of an entry's key goes into ``settings`` (the
+config's part of it declared in :mod:`interlingua.settings`: ``TEACHER_CACHE``, ``ANCHOR_CACHE``);
 the folder is named by their hash, so a change of any of them starts a fresh, empty store and a
 stale entry can never be read. Shards are written to a temporary name and renamed, so a crash leaves
 either a whole shard or none; a shard that does not open (e.g. damaged disk) is skipped with a
@@ -16,7 +17,6 @@ as safetensors: nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from interlingua.settings import settings_hash
+
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
@@ -34,9 +36,8 @@ SHARD_GLOB = "shard-*.safetensors"
 SEPARATOR = "/"  # tensor names in a shard are "<entry key>/<field>"
 
 
-def cache_settings_hash(settings: dict) -> str:
-    """Stable 16-hex-digit hash of a JSON-serialisable settings dict (key order does not matter)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+cache_settings_hash = settings_hash
+"""Stable 16-hex-digit hash of a JSON-serialisable settings dict (:func:`interlingua.settings.settings_hash`)."""
 
 
 class TensorStore:

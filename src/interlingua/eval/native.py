@@ -36,6 +36,7 @@ from interlingua.data.squad import SquadExample
 from interlingua.eval.baselines import summarize
 from interlingua.eval.latent import _eval_mode, _row, agreement, derangement, interlingua_distance, received_z
 from interlingua.models.system import Interlingua, answers_from_soft
+from interlingua.settings import Artifact, settings_of
 
 FLOW_MARGIN_F1 = 3.0
 """F1 points a pair's latent row must beat its own shuffled-z row by (issue #15's target)."""
@@ -99,12 +100,13 @@ def finished_passes_table(passes_dir: Path, text_rows: Sequence[dict] | None = N
 
 
 def pass_settings(system: Interlingua, examples: Sequence[SquadExample], config: Config) -> dict:
-    """What the rows of a pass depend on besides its (conditioning, sender, receiver)."""
+    """What the rows of a pass depend on besides its (conditioning, sender, receiver): the checkpoint's
+    fingerprint, the example ids, the config's ``NATIVE_PASS`` settings (:mod:`interlingua.settings`) and
+    each receiver's resolved prompt format."""
     return {
         "fingerprint": system.model.fingerprint(), "ids": [e.id for e in examples],
-        "max_new_tokens": config.eval.max_new_tokens, "max_prompt_tokens": config.data.max_prompt_tokens,
-        "precision": Precision(config.compression.precision).value, "group_size": config.compression.group_size,
-        "seed": config.runtime.seed, "formats": {k: lm.prompt_format.value for k, lm in system.lms.items()},
+        **settings_of(Artifact.NATIVE_PASS, config),
+        "formats": {k: lm.prompt_format.value for k, lm in system.lms.items()},
     }
 
 

@@ -1,5 +1,6 @@
 """Reuse the baseline rows of an earlier run instead of recomputing them (they cost more than the
-latent rows on a CPU), but only when they were produced under the same settings for the same examples."""
+latent rows on a CPU), but only when they were produced under the same settings (``BASELINE_ROWS`` of
+:mod:`interlingua.settings`), models and prompt formats, for the same examples."""
 
 from __future__ import annotations
 
@@ -12,10 +13,7 @@ from interlingua.constants import METRICS_FILE, PREDICTIONS_FILE
 from interlingua.data.squad import SquadExample
 from interlingua.errors import BaselineReuseError
 from interlingua.eval.baselines import BASELINE_MODES
-
-# Settings that change a baseline row; all must be equal for rows to be reused.
-_SETTINGS = (("eval", "max_new_tokens"), ("data", "max_prompt_tokens"), ("interlingua", "num_slots"))
-
+from interlingua.settings import Artifact, settings_differences, show
 
 
 def load_baseline_rows(
@@ -71,12 +69,8 @@ def _check_same_settings(stored: dict, config: Config, prompt_formats: dict[str,
             f"{where}: baselines were run with models/prompt formats {stored_formats}, this evaluation uses "
             f"{prompt_formats}; rerun the baselines or drop --baselines"
         )
-    stored_config = stored["run"]["config"]
-    now = {"eval": config.eval, "data": config.data, "interlingua": config.interlingua}
-    for section, key in _SETTINGS:
-        before, current = stored_config[section][key], getattr(now[section], key)
-        if before != current:
-            raise BaselineReuseError(
-                f"{where}: baselines used {section}.{key}={before}, this evaluation uses {current}; "
-                "rerun the baselines or drop --baselines"
-            )
+    changed = settings_differences(Artifact.BASELINE_ROWS, stored["run"]["config"], config)
+    if changed:
+        listed = "; ".join(f"baselines used {d.key}={show(d.saved)}, this evaluation uses {show(d.current)}"
+                           for d in changed)
+        raise BaselineReuseError(f"{where}: {listed}; rerun the baselines or drop --baselines")

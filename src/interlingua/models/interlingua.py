@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from interlingua.artifacts.files import replace_dir
-from interlingua.config import AnchorKind, Conditioning, Design, InterlinguaConfig, NativeDecoder, Pooling, Positions
+from interlingua.config import ConfigError, Design, InterlinguaConfig, Pooling, from_plain, to_plain
 from interlingua.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from interlingua.errors import CheckpointError
 from interlingua.models.adapter import InterlinguaAdapter
@@ -48,26 +48,26 @@ class InterlinguaSpec:
     interlingua: InterlinguaConfig = field(default_factory=InterlinguaConfig)
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["interlingua"] = {k: (v.value if hasattr(v, "value") else v) for k, v in data["interlingua"].items()}
-        return {"format_version": FORMAT_VERSION, **data}
+        """``interlingua_config.json``: the spec through OmegaConf (:func:`~interlingua.config.to_plain`)."""
+        return {"format_version": FORMAT_VERSION, **to_plain(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> "InterlinguaSpec":
+        """Read through OmegaConf with this dataclass as schema: ``interlingua.*`` keys absent from older
+        checkpoints (conditioning, positions, design, decoder, …) take their defaults, and enums read from
+        their values or their names.
+
+        Raises:
+            CheckpointError: another format version, or a key or value the schema rejects.
+        """
         if data.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}"
             )
-        raw = dict(data["interlingua"])
-        raw["pooling"], raw["anchor"] = Pooling(raw["pooling"]), AnchorKind(raw["anchor"])
-        raw["conditioning"] = Conditioning(raw.get("conditioning", Conditioning.FULL))  # absent before hybrid existed
-        raw["positions"] = Positions(raw.get("positions", Positions.NONE))  # absent before positions existed
-        raw["design"] = Design(raw.get("design", Design.POOLED))  # absent before the native design existed
-        raw["decoder"] = NativeDecoder(raw.get("decoder", NativeDecoder.VOCAB))
-        return cls(
-            models=[FrozenModelInfo(**m) for m in data["models"]], encoder=data["encoder"], d_sem=data["d_sem"],
-            interlingua=InterlinguaConfig(**raw),
-        )
+        try:
+            return from_plain(cls, {k: v for k, v in data.items() if k != "format_version"})
+        except ConfigError as err:
+            raise CheckpointError(f"unreadable checkpoint config ({err})") from None
 
 
 def read_spec(directory: Path) -> InterlinguaSpec:

@@ -32,6 +32,7 @@ from interlingua.models.batching import generate_batched
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import FrozenModelInfo, InterlinguaModel
 from interlingua.models.native import Latent, NativeInterlingua
+from interlingua.settings import Artifact, settings_differences
 
 log = logging.getLogger(__name__)
 
@@ -566,15 +567,17 @@ def check_checkpoint_config(model: InterlinguaModel, config: Config, checkpoint_
     """
     from interlingua.config import replace
 
+    changed = settings_differences(Artifact.CHECKPOINT_SHAPE, model.spec, config)
     trained, named = model.model_keys, [m.spec for m in config.models]
-    if sorted(trained) != sorted(named) or model.spec.encoder != config.encoder:
+    if sorted(trained) != sorted(named) or any(d.key == "encoder" for d in changed):  # any order evaluates
         raise CheckpointError(
             f"{checkpoint_dir} was trained with models {trained} and encoder {model.spec.encoder!r}, but the config "
             f"names models {named} and encoder {config.encoder!r}; evaluate with the checkpoint's own config "
             "(omit --config) or set models.N.spec / encoder to match"
         )
-    if config.interlingua != model.spec.interlingua:
-        log.warning("config interlingua section differs from the checkpoint's; using the checkpoint's: %s",
-                    model.spec.interlingua)
+    shape = [d for d in changed if d.key.startswith("interlingua.")]
+    if shape:
+        log.warning("the config's interlingua section differs from the checkpoint's (%s; checkpoint -> config); "
+                    "using the checkpoint's", "; ".join(map(str, shape)))
     return replace(config, interlingua=model.spec.interlingua)
 

@@ -31,8 +31,6 @@ from interlingua.config import (
     Pooling,
     Precision,
     config_from_mapping,
-    config_to_dict,
-    normalised_config_dict,
     parse_override,
     resolve_extends,
 )
@@ -48,10 +46,6 @@ REFERENCE_CELL = {"d_inter": 512, "num_slots": 32, "precision": Precision.FP16}
 """The message every cell's size is compared with: the seed's shape sent as fp16."""
 TRAIN_SUBDIR = "train"
 """Training runs live in <sweep folder>/train/<shape>."""
-IGNORED_FOR_REUSE = (
-    ("runtime", "output_dir"), ("runtime", "device"), ("runtime", "shard_frozen"), ("train", "keep_checkpoints"),
-)
-"""Settings that do not change a result: a finished cell or training run is kept when only these differ."""
 BASE_PREFIX = "base."
 """``base.KEY=VALUE`` overrides the base run config of every cell (``base.data.source=DIR``)."""
 MOVED_SWEEP_KEYS = {
@@ -368,26 +362,3 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config
     except ConfigError as err:
         raise ConfigError(f"sweep cell {cell.label}: {err}") from None
 
-
-def comparable(config: Config | dict, training: bool = False) -> dict:
-    """The config as a dict without the settings of :data:`IGNORED_FOR_REUSE` (and, for a training run,
-    without ``eval``, which training does not read)."""
-    data = config_to_dict(config) if isinstance(config, Config) else normalised_config_dict(dict(config))
-    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
-    for section, key in IGNORED_FOR_REUSE:
-        data.get(section, {}).pop(key, None)
-    if training:
-        data.pop("eval", None)
-    return data
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys += differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            keys.append(f"{prefix}{key}")
-    return keys

@@ -31,7 +31,8 @@ from interlingua.eval.latent import SentZ, evaluate_own_latent
 from interlingua.models.interlingua import CheckpointError
 from interlingua.models.system import Interlingua, load_checkpoint, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
-from interlingua.sweep.grid import PlannedCell, SweepConfig, comparable, differences, plan_sweep
+from interlingua.settings import Artifact, settings_differences
+from interlingua.sweep.grid import PlannedCell, SweepConfig, plan_sweep
 from interlingua.sweep.pareto import plot_pareto
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.references import text_references
@@ -139,9 +140,9 @@ def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
     except json.JSONDecodeError:
         log.warning("%s is not valid JSON; recomputing the cell", path)
         return None
-    changed = differences(comparable(stored.get("config", {})), comparable(planned.eval_config))
+    changed = settings_differences(Artifact.SWEEP_CELL, stored.get("config", {}), planned.eval_config)
     if changed:
-        log.info("%s was computed with other settings (%s); recomputing", path, ", ".join(changed))
+        log.info("%s was computed with other settings (%s); recomputing", path, "; ".join(map(str, changed)))
         return None
     return stored
 
@@ -166,11 +167,11 @@ def _trained_checkpoint(
     config, run_dir = planned.train_config, planned.train_dir
     final = _final_checkpoint(planned)
     if final.is_dir():  # checkpoint folders appear complete or not at all (renamed into place)
-        changed = differences(comparable(read_trainer_state(final)["config"], True), comparable(config, True))
+        changed = settings_differences(Artifact.TRAINING_RUN, read_trainer_state(final)["config"], config)
         if changed:
             raise CheckpointError(
-                f"{final} was trained with other settings ({', '.join(changed)}); delete {run_dir} to retrain it, "
-                "or give the sweep another output_dir"
+                f"{final} was trained with other settings ({'; '.join(map(str, changed))}); delete {run_dir} to "
+                "retrain it, or give the sweep another output_dir"
             )
         return final
     latest = latest_checkpoint(run_dir)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from interlingua.artifacts.files import replace_dir
 from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint, read_trainer_state
-from interlingua.config import InterlinguaConfig
+from interlingua.config import Config
 from interlingua.constants import (
     LATEST_CHECKPOINT_FILE,
     OPTIMIZER_STATE_FILE,
@@ -38,9 +38,9 @@ from interlingua.constants import (
 )
 from interlingua.errors import CheckpointError
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec, read_spec
+from interlingua.settings import Artifact, settings_differences, show
 
 _CHECKPOINT_NAME = re.compile(r"step_(\d+)")  # CHECKPOINT_DIR_FORMAT's folders
-_SHAPE_FREE_KEYS = ("dropout",)  # interlingua.* keys a resumed run may change
 _FIX = ("resume with the checkpoint's settings (its trainer_state.json has the config) "
         "or train into a new --output-dir")
 
@@ -140,7 +140,7 @@ def check_same_spec(saved: InterlinguaSpec, current: InterlinguaSpec, directory:
     Raises:
         CheckpointError: the message names the differing models, widths or ``interlingua.*`` keys.
     """
-    check_same_config(saved, [m.spec for m in current.models], current.encoder, current.interlingua, directory)
+    check_same_config(saved, current, directory)
     saved_widths = {m.spec: m.hidden_size for m in saved.models}
     current_widths = {m.spec: m.hidden_size for m in current.models}
     if saved_widths != current_widths or saved.d_sem != current.d_sem:
@@ -150,35 +150,33 @@ def check_same_spec(saved: InterlinguaSpec, current: InterlinguaSpec, directory:
         )
 
 
-def check_same_config(
-    saved: InterlinguaSpec, model_specs: list[str], encoder: str, interlingua: InterlinguaConfig, directory: Path
-) -> None:
+def check_same_config(saved: InterlinguaSpec, current: Config | InterlinguaSpec, directory: Path) -> None:
     """The part of :func:`check_same_spec` that needs no loaded model: run it before loading any.
+
+    What must match is :data:`~interlingua.settings.DETERMINANTS`' ``CHECKPOINT_SHAPE``: the models (in
+    order: the order fixes the parameter order), the encoder and the ``interlingua.*`` keys but
+    ``dropout``.
 
     Args:
         saved: the checkpoint's spec (:func:`read_spec`).
-        model_specs: ``models.N.spec`` of the config, in order (the order fixes the parameter order).
-        encoder: the config's ``encoder``.
-        interlingua: the config's ``interlingua`` section.
+        current: the config of the run (or the spec of the model built from it).
     Raises:
-        CheckpointError: another model set or order, another encoder, or changed ``interlingua.*``
-            keys (``dropout`` may change).
+        CheckpointError: another model set or order, another encoder, or changed ``interlingua.*`` keys.
     """
-    saved_specs = [m.spec for m in saved.models]
-    if saved_specs != list(model_specs):
+    changed = settings_differences(Artifact.CHECKPOINT_SHAPE, saved, current)
+    if any(d.key.startswith("models.") for d in changed):
+        saved_specs, current_specs = [m.spec for m in saved.models], [m.spec for m in current.models]
         raise CheckpointError(
             f"{directory} was trained for models {saved_specs} (in this order), "
-            f"but the config has {list(model_specs)}; {_FIX}"
+            f"but the config has {current_specs}; {_FIX}"
         )
-    if saved.encoder != encoder:
+    if any(d.key == "encoder" for d in changed):
         raise CheckpointError(
-            f"{directory} was trained with encoder {saved.encoder!r}, the config has {encoder!r}; {_FIX}"
+            f"{directory} was trained with encoder {saved.encoder!r}, the config has {current.encoder!r}; {_FIX}"
         )
-    old, new = vars(saved.interlingua), vars(interlingua)
-    changed = [f"interlingua.{k}: checkpoint {_plain(old[k])}, config {_plain(new[k])}"
-               for k in old if k not in _SHAPE_FREE_KEYS and old[k] != new[k]]
     if changed:
-        raise CheckpointError(f"{directory}: the config changes the learned modules ({'; '.join(changed)}); {_FIX}")
+        listed = "; ".join(f"{d.key}: checkpoint {show(d.saved)}, config {show(d.current)}" for d in changed)
+        raise CheckpointError(f"{directory}: the config changes the learned modules ({listed}); {_FIX}")
 
 
 # ---- optimizer state without pickle -------------------------------------------------------------
@@ -253,6 +251,3 @@ def _write_latest(output_dir: Path, name: str) -> None:
     tmp.write_text(name + "\n")
     os.replace(tmp, output_dir / LATEST_CHECKPOINT_FILE)
 
-
-def _plain(value) -> object:
-    return getattr(value, "value", value)

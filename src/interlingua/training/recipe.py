@@ -41,13 +41,14 @@ from interlingua.artifacts.files import prepare_run_dir, run_info, write_json
 from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint
 from interlingua.artifacts.plots import plot_training_curves
 from interlingua.cache.install import install_caches
-from interlingua.config import AnchorKind, Config, ConfigError, Design, config_to_dict, normalised_config_dict
+from interlingua.config import AnchorKind, Config, ConfigError, Design, config_to_dict
 from interlingua.constants import METRICS_LOG_FILE, RUN_INFO_FILE, TRAINING_CURVES_PLOT
 from interlingua.data.squad import load_squad
 from interlingua.errors import TrainingDivergedError
 from interlingua.models.interlingua import CheckpointError, InterlinguaModel, InterlinguaSpec, read_spec
 from interlingua.models.system import Interlingua, frozen_model_info, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
+from interlingua.settings import Artifact, settings_differences
 from interlingua.training.batches import MicroBatch, TrainingStream
 from interlingua.training.checkpoint import (
     check_same_config,
@@ -137,8 +138,7 @@ def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
     from interlingua.models.bridge.fit import BridgeSettings, load_or_fit_bridge
     from interlingua.models.native import NativeInterlingua
 
-    settings = BridgeSettings(d_inter=config.interlingua.d_inter, ridge=config.interlingua.bridge_ridge)
-    return NativeInterlingua(spec, load_or_fit_bridge(lms, settings))
+    return NativeInterlingua(spec, load_or_fit_bridge(lms, BridgeSettings.of(config)))
 
 
 class TrainingRecipe:
@@ -226,8 +226,7 @@ class TrainingRecipe:
                 "pass --resume to continue that run, or choose another --output-dir"
             )
         if resume:  # before loading any model: a mismatch found after loading two 8B models wastes minutes
-            cfg = self.config
-            check_same_config(read_spec(latest), [m.spec for m in cfg.models], cfg.encoder, cfg.interlingua, latest)
+            check_same_config(read_spec(latest), self.config, latest)
 
     def _resume(self, model: InterlinguaModel, optimizer: torch.optim.Optimizer) -> None:
         directory = latest_checkpoint(self.output_dir)
@@ -237,7 +236,7 @@ class TrainingRecipe:
             raise CheckpointError(
                 f"{directory} is past pretrain.steps + train.steps = {total_steps(self.config)}; raise train.steps"
             )
-        _warn_config_changes(normalised_config_dict(state["config"]), config_to_dict(self.config))
+        _warn_config_changes(state["config"], self.config)
         rngs, acc = state["rng"], self.accelerator
         if len(rngs) == acc.num_processes:
             self._rng_after_setup = rngs[acc.process_index]
@@ -380,14 +379,8 @@ class TrainingRecipe:
             self.accelerator.end_training()
 
 
-def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
-    """Log the settings a resumed run changes (other than runtime.*): the resume is then not exact."""
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
-        if name == "runtime" or old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            _warn_config_changes(old, new, f"{name}.")
-        else:
-            log.warning("resumed run changes %s: checkpoint %r, now %r", name, old, new)
+def _warn_config_changes(saved: dict | Config, current: dict | Config) -> None:
+    """Log the settings of the training run (``TRAINING_RUN`` in :mod:`interlingua.settings`) a resumed run
+    changes: the resume is then not exact. The checkpoint's shapes were checked before (an error)."""
+    for difference in settings_differences(Artifact.TRAINING_RUN, saved, current):
+        log.warning("resumed run changes %s (checkpoint -> now)", difference)

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from interlingua.models.bridge.vocab import id_bytes, shared_strings, token_bytes
+from interlingua.settings import Artifact, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ VOCAB_PROBE = 1000  # held-out strings searched over a receiver's whole vocabula
 
 @dataclass(frozen=True)
 class BridgeSettings:
-    """What a fit depends on besides the models."""
+    """What a fit depends on besides the models (the config's part: :meth:`of`)."""
 
     d_inter: int = 512
     """Width of the shared space (at most the sum of the models' widths)."""
@@ -58,6 +59,11 @@ class BridgeSettings:
     """Share of the shared strings held out to measure the fit."""
     seed: int = 0
     """Seed of the held-out split."""
+
+    @classmethod
+    def of(cls, config) -> "BridgeSettings":
+        """The settings a run config fits with: its keys of ``BRIDGE_FIT`` (:mod:`interlingua.settings`)."""
+        return cls(**settings_of(Artifact.BRIDGE_FIT, config))
 
     def __post_init__(self) -> None:
         if self.d_inter <= 0:
