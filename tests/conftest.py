@@ -23,6 +23,22 @@ def real_squad_dir() -> Path | None:
     return None
 
 
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide state. It refuses an ``Accelerator`` of another device or mixed
+    precision than the first one in the process (e.g. a run with runtime.device=cpu after one on cuda)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts its training runs with a fresh accelerate state, as accelerate's own tests do."""
+    yield
+    reset_accelerate_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_lms():
     """The two tiny causal LMs as FrozenLM, keyed by name."""

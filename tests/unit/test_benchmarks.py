@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, SQUAD_MINI
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # subprocesses running the benchmark scripts
 
 
 def _run(script: str, tmp_path, *args: str) -> dict:

@@ -197,6 +197,7 @@ def test_cached_anchor_equals_the_encoder(tmp_path, kind, monkeypatch):
 
 
 # ---- training ----------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_training_with_the_cache_matches_exact_kd_and_reuses_it(tmp_path):
     """Top-k = full vocabulary: the cached run takes the same steps as the uncached exact one; a second
     run reads every teacher and anchor from the cache."""

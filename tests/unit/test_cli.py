@@ -15,6 +15,7 @@ def run_cli(args, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.e2e
 def test_baselines_writes_all_artifacts(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(
@@ -39,6 +40,7 @@ def test_baselines_writes_all_artifacts(tmp_path, capsys):
     assert (out / RESOLVED_CONFIG_FILE).is_file()
 
 
+@pytest.mark.e2e
 def test_baseline_predictions_do_not_depend_on_the_batch_size(tmp_path, capsys):
     outputs = []
     for batch_size in (1, 4):

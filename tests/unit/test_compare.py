@@ -11,6 +11,7 @@ from interlingua.cli import main
 from interlingua.eval.compare import CompareError, compare_runs, variant_row
 from tests.conftest import SQUAD_MINI
 
+pytestmark = pytest.mark.e2e  # every test reads two finished `interlingua run` folders
 
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):

@@ -162,6 +162,7 @@ def test_bad_input_is_one_line_and_exit_2(checkpoints, message_file, tmp_path, c
     assert err.startswith(f"interlingua {args[0]}: error: ") and expected in err
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sender_and_receiver_in_separate_processes(checkpoints, direct, tmp_path):
     """`encode --input` and `generate` as two processes: only the message files pass between them."""

@@ -219,6 +219,7 @@ def hybrid_run(tmp_path_factory):
     return final, eval_job(final, limit=4, progress=False), seen
 
 
+@pytest.mark.e2e
 def test_a_hybrid_run_trains_and_evaluates_in_hybrid_mode(hybrid_run):
     final, job_dir, seen = hybrid_run
     assert seen["sent"] and all(t.startswith("Context: ") and "\nQuestion:" not in t for t in seen["sent"])
@@ -235,6 +236,7 @@ def test_a_hybrid_run_trains_and_evaluates_in_hybrid_mode(hybrid_run):
     assert {r["mode"] for r in rows} >= {"latent", "shuffled", "cross", "text", "question_only"}
 
 
+@pytest.mark.e2e
 def test_eval_uses_the_conditioning_the_checkpoint_was_trained_with(hybrid_run, tmp_path):
     final, job_dir, _ = hybrid_run
     overridden = eval_job(final, overrides=["interlingua.conditioning=full"], limit=4, output_dir=tmp_path / "e",
@@ -242,6 +244,7 @@ def test_eval_uses_the_conditioning_the_checkpoint_was_trained_with(hybrid_run, 
     assert json.loads((overridden / METRICS_FILE).read_text())["latent"]["conditioning"] == "hybrid"
 
 
+@pytest.mark.e2e
 def test_every_latent_row_reads_its_own_question(tiny_lms, tiny_encoder):
     """Shuffled = another example's z with *this* example's question; the same z with the z-example's
     question gives other answers (so the test can tell them apart)."""
@@ -351,6 +354,7 @@ def test_generate_cli_without_the_question_is_one_line_and_exit_2(checkpoints, t
     assert err.startswith("interlingua generate: error: ") and 'pass --question "…"' in err
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_hybrid_sender_and_receiver_in_separate_processes(checkpoints, direct, tmp_path):
     """`encode --input` sends each line's context; `generate --input` gives each message its line's question;

@@ -176,6 +176,7 @@ def read_rows(out_dir):
     return [json.loads(line) for line in (out_dir / PREDICTIONS_FILE).read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_eval_job_writes_every_artifact(job_dir, checkpoint, tiny_model):
     assert job_dir == checkpoint.parent / "eval" / checkpoint.name  # beside the checkpoints, not inside one
     for name in (METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, RESOLVED_CONFIG_FILE, CROSS_DECODE_PLOT, F1_BY_ROW_PLOT):
@@ -193,6 +194,7 @@ def test_eval_job_writes_every_artifact(job_dir, checkpoint, tiny_model):
         assert text in report, text
 
 
+@pytest.mark.e2e
 def test_rows_are_one_per_example_receiver_and_mode(job_dir):
     rows = read_rows(job_dir)
     n, models = N_EXAMPLES, len(MODELS)
@@ -206,6 +208,7 @@ def test_rows_are_one_per_example_receiver_and_mode(job_dir):
     assert all(keys <= set(r) for r in latent)
 
 
+@pytest.mark.e2e
 def test_shuffled_control_uses_a_derangement(job_dir):
     rows = read_rows(job_dir)
     for model in MODELS:
@@ -214,6 +217,7 @@ def test_shuffled_control_uses_a_derangement(job_dir):
         assert sorted(r["z_id"] for r in shuffled) == sorted(r["id"] for r in shuffled)  # each z used once
 
 
+@pytest.mark.e2e
 def test_cross_decode_diagonal_is_the_latent_row(job_dir):
     latent = json.loads((job_dir / METRICS_FILE).read_text())["latent"]
     assert set(latent["cross_decode"]) == set(MODELS)
@@ -261,6 +265,7 @@ def test_a_checkpoint_for_other_models_is_rejected(checkpoint, tiny_config, chan
         eval_job(checkpoint, config=replace(tiny_config, **change), limit=N_EXAMPLES, progress=False)
 
 
+@pytest.mark.e2e
 def test_latent_predictions_do_not_depend_on_the_batch_size(tiny_model, tiny_lms, tiny_encoder, tiny_config):
     system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     examples = validation_examples(replace(tiny_config, eval=replace(tiny_config.eval, limit=N_EXAMPLES)))
@@ -274,6 +279,7 @@ def test_latent_predictions_do_not_depend_on_the_batch_size(tiny_model, tiny_lms
 
 
 # ---- reusing stored baseline rows --------------------------------------------------------------
+@pytest.mark.e2e
 def test_reused_baselines_equal_recomputed_ones(checkpoint, job_dir, tmp_path):
     reused = eval_job(checkpoint, limit=N_EXAMPLES - 1, output_dir=tmp_path / "reuse", baselines_dir=job_dir,
                       progress=False)
@@ -284,6 +290,7 @@ def test_reused_baselines_equal_recomputed_ones(checkpoint, job_dir, tmp_path):
     assert read_rows(reused) == read_rows(fresh)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "overrides, limit, expected",
     [
@@ -307,6 +314,7 @@ def _small_eval(tiny_config, **changes):
     return replace(config, **changes), validation_examples(config)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("evaluate", [evaluate_latent, evaluate_own_latent])
 def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
     system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
@@ -329,6 +337,7 @@ def test_int4_eval_decodes_the_wire_z(evaluate, tiny_model, tiny_lms, tiny_encod
     assert (int4_sizes["wire_precision"], int4_sizes["wire_group_size"]) == ("int4", 8)
 
 
+@pytest.mark.e2e
 def test_shared_sent_memo_encodes_once_per_checkpoint(tiny_model, tiny_lms, tiny_encoder, tiny_config, monkeypatch):
     system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     encodes = []
@@ -353,6 +362,7 @@ def test_shared_sent_memo_encodes_once_per_checkpoint(tiny_model, tiny_lms, tiny
     assert len(encodes) == 3 * len(MODELS)
 
 
+@pytest.mark.e2e
 def test_own_latent_rows_are_the_latent_rows_of_the_full_evaluation(tiny_model, tiny_lms, tiny_encoder, tiny_config):
     system = Interlingua(tiny_model, tiny_lms, tiny_encoder)
     config, examples = _small_eval(tiny_config, compression=CompressionConfig(precision=Precision.INT8))

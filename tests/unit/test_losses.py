@@ -395,6 +395,7 @@ def test_batch_loss_computes_nce_only_when_weighted(tiny_lms, tiny_config, monke
     assert on.terms["total"] == pytest.approx(off.terms["total"] + 0.5 * expected, rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_training_with_nce_logs_the_term(tmp_path):
     import json
 

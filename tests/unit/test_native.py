@@ -231,6 +231,7 @@ def test_decoding_batched_equals_one_at_a_time(three_system):
 
 
 # ---- training and evaluation, N = 3 ------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_three_models_train_every_pair_and_evaluate(tmp_path):
     config = native_config("train.steps=2", "train.save_every=2", "eval.limit=4", "loss.w_rec=0.5",
@@ -250,6 +251,7 @@ def test_three_models_train_every_pair_and_evaluate(tmp_path):
     assert "Vocabulary bridge" in (out / "report.md").read_text()
 
 
+@pytest.mark.e2e
 def test_training_changes_only_the_residual_branches_when_maps_are_fixed(three_lms, tmp_path):
     config = native_config("train.steps=1", "train.save_every=1", "interlingua.train_maps=false",
                            f"runtime.output_dir={tmp_path / 'run'}")
@@ -288,6 +290,7 @@ def test_native_messages_cross_the_wire_and_decode_as_in_memory(three_system, tm
     assert len(generate_from_messages(step, int8, "tiny-gemma", questions=questions)) == 2
 
 
+@pytest.mark.e2e
 def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, capsys):
     from interlingua.cli import main
 
@@ -304,6 +307,7 @@ def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, 
     assert main(["bridge", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(out)]) == 2  # pooled design
 
 
+@pytest.mark.e2e
 def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp_path, monkeypatch):
     import interlingua.eval.native as native_eval
     from interlingua.config import replace

@@ -23,6 +23,7 @@ def test_decoder_layers_are_the_repeated_blocks():
     assert local_share(layers) == 1.0  # nothing sharded in one process
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sharded_layers_match_whole_ones_and_stay_sharded():
     with socket.socket() as sock:

@@ -205,6 +205,7 @@ def finished_sweep(tmp_path_factory):
     return out, trainings, lines
 
 
+@pytest.mark.e2e
 def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
     out, _, _ = finished_sweep
     table = json.loads((out / "table.json").read_text())
@@ -242,6 +243,7 @@ def test_the_tiny_sweep_writes_the_table_and_the_plot(finished_sweep):
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
 def test_cells_of_one_shape_share_one_training(finished_sweep):
     out, trainings, lines = finished_sweep
     assert trainings == [False] * 4  # 4 shapes, each trained once from scratch
@@ -260,6 +262,7 @@ def test_cells_of_one_shape_share_one_training(finished_sweep):
     assert all(result["evaluate_seconds"] > 0 for result in results)
 
 
+@pytest.mark.e2e
 def test_each_cell_reports_its_time_and_an_estimate_of_the_rest(finished_sweep):
     lines = [line for line in finished_sweep[2] if "bytes per message" in line]
     assert len(lines) == 8 and all("evaluated in" in line for line in lines)
@@ -281,6 +284,7 @@ def test_the_estimate_uses_seconds_per_step_and_per_cell_and_waits_for_a_measure
     assert [format_duration(s) for s in (42, 450, 3.9 * 3600)] == ["42 s", "7.5 min", "3.9 h"]
 
 
+@pytest.mark.e2e
 def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     out = finished_sweep[0]
     finished = {p: p.stat().st_mtime_ns for p in [*(out / "cells").iterdir(), *(out / "train").glob("*/step_*/*")]}
@@ -294,6 +298,7 @@ def test_a_second_run_recomputes_nothing(finished_sweep, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
 
+@pytest.mark.e2e
 def test_the_publish_script_copies_the_table_and_plot_into_results_and_the_doc(finished_sweep, tmp_path):
     spec = importlib.util.spec_from_file_location("publish", REPO_ROOT / "scripts" / "publish_compression_results.py")
     publish = importlib.util.module_from_spec(spec)
@@ -310,6 +315,7 @@ def test_the_publish_script_copies_the_table_and_plot_into_results_and_the_doc(f
         publish.publish(finished_sweep[0], tmp_path / "results", tmp_path / "results" / "table.md")
 
 
+@pytest.mark.e2e
 def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
     out = finished_sweep[0]
     monkeypatch.setattr(runner, "train", failing("train"))
@@ -322,6 +328,7 @@ def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
     assert "grid.bits is not a sweep knob" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_changed_eval_settings_recompute_the_cells_not_the_training(finished_sweep, tmp_path, monkeypatch):
     moved = tmp_path / "moved"  # a moved sweep folder still counts as finished (runtime.output_dir is ignored)
     shutil.copytree(finished_sweep[0], moved)
@@ -336,6 +343,7 @@ def test_changed_eval_settings_recompute_the_cells_not_the_training(finished_swe
     assert json.loads((moved / "cells" / "d32_m4_int4_g32.json").read_text())["n"] == 3
 
 
+@pytest.mark.e2e
 def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_path, monkeypatch):
     moved = tmp_path / "moved"
     shutil.copytree(finished_sweep[0], moved)
@@ -344,6 +352,7 @@ def test_a_finished_training_with_other_settings_is_refused(finished_sweep, tmp_
         run_sweep(tiny_sweep("base.loss.w_sem=0.2"), moved, progress=False, echo=lambda _: None)
 
 
+@pytest.mark.e2e
 def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finished_sweep, tmp_path, monkeypatch):
     out = finished_sweep[0]
     sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16"]})
@@ -369,6 +378,7 @@ def test_text_references_come_from_a_named_baselines_run_or_are_left_out(finishe
     assert "Text references" not in (without / "table.md").read_text() and not (without / "baselines").exists()
 
 
+@pytest.mark.e2e
 def test_a_baselines_folder_of_other_settings_in_the_sweep_is_recomputed(finished_sweep, tmp_path):
     out = finished_sweep[0]
     sweep = tiny_sweep(grid={"d_inter": [32], "num_slots": [4], "precision": ["fp16"]})
@@ -411,6 +421,7 @@ def test_the_plot_labels_the_front_and_shows_the_text_references():
     assert not any("reading the text" in label or "baseline" in label for label in without)
 
 
+@pytest.mark.e2e
 def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkeypatch):
     sweep = tiny_sweep(grid={"d_inter": [16], "num_slots": [2], "precision": ["fp16", "int8"]})
     original, calls = runner.evaluate_own_latent, []
@@ -434,6 +445,7 @@ def test_the_table_and_plot_so_far_are_written_after_every_cell(tmp_path, monkey
     assert json.loads((tmp_path / "table.json").read_text())["cells_finished"] == 2
 
 
+@pytest.mark.e2e
 def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path, monkeypatch):
     sweep = tiny_sweep(grid={"d_inter": [16], "num_slots": [2], "precision": ["int8"]})
     original = recipe.TrainingRecipe._forward_backward

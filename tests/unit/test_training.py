@@ -80,6 +80,7 @@ def straight_run(tmp_path_factory):
 
 
 # ---- end to end --------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_tiny_config_trains_end_to_end(straight_run):
     out, final, _ = straight_run
     assert final == out / "step_000004"
@@ -99,6 +100,7 @@ def test_tiny_config_trains_end_to_end(straight_run):
     assert InterlinguaModel.from_pretrained(final).model_keys == ["tiny-llama", "tiny-qwen2"]
 
 
+@pytest.mark.e2e
 def test_metrics_log_every_step_with_collapse_diagnostics_from_step_0(straight_run):
     rows = metrics_rows(straight_run[0])
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
@@ -114,6 +116,7 @@ def test_metrics_log_every_step_with_collapse_diagnostics_from_step_0(straight_r
 
 
 # ---- exact resume ------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """2 steps, a crash during step 3 (after the metrics line of step 2), resume, 2 more steps ==
     4 steps straight: every weight and optimizer tensor equal, and the same logged losses. Dropout
@@ -157,6 +160,7 @@ def test_prune_keeps_the_newest_and_never_the_latest_pointer_target(tmp_path):
         "step_000004", "step_000010", "step_000012", "step_notes"]
 
 
+@pytest.mark.e2e
 def test_keep_checkpoints_bounds_the_folders_and_resume_still_works(tmp_path, monkeypatch):
     config = tiny("train.steps=4", "train.save_every=1", "train.keep_checkpoints=1")
     straight = train(config, tmp_path / "straight", progress=False)
@@ -230,6 +234,7 @@ def test_zero_weight_skips_the_teacher(tiny_lms, tiny_config, monkeypatch):
 
 
 # ---- NaN ---------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import interlingua.training.step as step_module
 
@@ -259,6 +264,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.glob("*step_*")) == ["step_000002"]  # no temp or later folders
 
 
+@pytest.mark.e2e
 def test_non_finite_gradient_norm_stops_before_the_update(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
@@ -275,11 +281,13 @@ def copied_run(straight_run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.e2e
 def test_resume_with_changed_interlingua_shape_is_refused(copied_run):
     with pytest.raises(CheckpointError, match=r"interlingua\.d_inter: checkpoint 32, config 16"):
         train(tiny("interlingua.d_inter=16", "train.steps=6"), copied_run, resume=True, progress=False)
 
 
+@pytest.mark.e2e
 def test_resume_with_a_different_model_set_is_refused(copied_run):
     config_path = copied_run / "step_000004" / CHECKPOINT_CONFIG_FILE
     config_path.write_text(config_path.read_text().replace('"tiny-qwen2"', '"tiny-mistral"'))
@@ -289,6 +297,7 @@ def test_resume_with_a_different_model_set_is_refused(copied_run):
         train(tiny("train.steps=6"), copied_run, resume=True, progress=False)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damaged", [CHECKPOINT_WEIGHTS_FILE, OPTIMIZER_STATE_FILE])
 def test_resume_from_truncated_files_is_refused(copied_run, damaged):
     path = copied_run / "step_000004" / damaged
@@ -297,6 +306,7 @@ def test_resume_from_truncated_files_is_refused(copied_run, damaged):
         train(tiny("train.steps=6"), copied_run, resume=True, progress=False)
 
 
+@pytest.mark.e2e
 def test_fresh_run_into_a_folder_with_checkpoints_is_refused(copied_run, capsys):
     code = cli_main(["train", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(copied_run), "-q"])
     assert code == 2
@@ -304,6 +314,7 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(copied_run, capsys)
 
 
 # ---- gradient accumulation -------------------------------------------------------------------
+@pytest.mark.e2e
 def test_grad_accum_matches_one_big_batch(tmp_path):
     """Loss terms are normalised by the step's global batch (training/step.py), so 2 × 2 == 4 × 1.
 
@@ -396,6 +407,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 # ---- two processes ---------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_one_process(straight_run, tmp_path):
     """``accelerate launch`` with 2 CPU processes (DDP over gloo) logs the single-process run's losses
@@ -407,6 +419,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(straight_run, tmp_path):
     _assert_same_steps(tmp_path, straight_run[0], 2)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_processes_with_sharded_frozen_layers_match_one_process(tmp_path):
     """runtime.shard_frozen (FSDP2 over gloo): each process holds half of every frozen decoder layer,
@@ -582,6 +595,7 @@ def test_reconstruction_loss_reads_the_first_r_tokens_after_the_cue(tiny_lms, ti
         batch_loss(system, system, batch, Stage.RECONSTRUCT, LossConfig())
 
 
+@pytest.mark.e2e
 def test_reconstruction_loss_decreases_with_training(tiny_lms, tiny_config):
     from interlingua.config import LossConfig
     from interlingua.models.encoder import SentenceEncoder
@@ -614,6 +628,7 @@ def pretrain_run(tmp_path_factory):
     return out, train(tiny(*PRETRAIN), out, progress=False)
 
 
+@pytest.mark.e2e
 def test_pretrain_stage_then_qa_stage(pretrain_run):
     out, final = pretrain_run
     assert final == out / "step_000005"
@@ -632,6 +647,7 @@ def test_pretrain_stage_then_qa_stage(pretrain_run):
     assert first["total"] == pytest.approx(first["rec"] + 0.5 * first["align"] + 0.1 * first["sem"], rel=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("crash_step, resumed_from", [(2, "step_000002"), (4, "step_000004")])
 def test_resume_through_the_stage_boundary_is_exact(pretrain_run, tmp_path, monkeypatch, crash_step, resumed_from):
     """Crash inside the reconstruction stage (resume from step 2, cross the boundary) or after it
@@ -662,6 +678,7 @@ def test_resume_through_the_stage_boundary_is_exact(pretrain_run, tmp_path, monk
     assert timeless(metrics_rows(tmp_path)) == timeless(metrics_rows(straight_dir))  # losses, lr, stage, diagnostics
 
 
+@pytest.mark.e2e
 def test_grad_accum_matches_one_big_batch_in_both_stages(tmp_path):
     """L_rec is normalised over the global batch's real target positions: 2 × 2 == 4 × 1 in the
     reconstruction stage and with L_rec as an extra QA term (loss.w_rec). R = 256 covers whole
@@ -681,6 +698,7 @@ def test_grad_accum_matches_one_big_batch_in_both_stages(tmp_path):
             assert accum_row["loss"][term] == pytest.approx(value, rel=1e-5, abs=1e-7), (big_row["step"], term)
 
 
+@pytest.mark.e2e
 def test_training_curves_show_the_terms_of_both_stages(pretrain_run):
     from interlingua.artifacts.plots import loss_terms
 
@@ -788,6 +806,7 @@ def test_the_old_compression_l1_key_is_read_as_loss_w_l1(tmp_path, caplog):
         config_from_dict({**old, "loss": stored["loss"] | {"w_l1": 0.5}})
 
 
+@pytest.mark.e2e
 def test_training_with_qat_and_l1_quantises_and_logs_l1(tmp_path, monkeypatch):
     import interlingua.models.system as system_module
     from interlingua.config import Precision
