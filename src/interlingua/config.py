@@ -240,6 +240,11 @@ class TrainConfig:
     A checkpoint with its optimizer state is ~150 MB for the embedded pair, so long runs fill disks."""
     log_every: int = 10
     """Collapse diagnostics and metrics every N optimizer steps (and at step 0)."""
+    init_from: Optional[str] = None
+    """A checkpoint (``step_N/``) of the same design and models whose learned modules start this run: every
+    tensor whose name and shape match is copied, the rest keep their step-0 values (the fitted bridge at this
+    ``d_inter``, zero-initialised residuals, window weights that start as the mean). How a compressed shape
+    (``pool_window``, ``d_inter``) trains from the uncompressed checkpoint. ``--resume`` takes precedence."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):

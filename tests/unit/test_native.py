@@ -364,3 +364,37 @@ def test_the_compression_sweep_refuses_a_native_base(tmp_path):
     sweep = load_sweep("tiny", ["base.interlingua.design=native"])
     with pytest.raises(ConfigError, match="design=native"):
         plan_sweep(sweep, tmp_path)
+
+
+def test_a_compressed_shape_starts_from_the_uncompressed_checkpoint(three_lms, tmp_path):
+    """train.init_from copies every tensor whose name and shape match; the rest keep their step-0 values
+    (window weights at the mean, the fitted bridge at a smaller d_inter with its residual at zero)."""
+    from interlingua.errors import CheckpointError
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.training.recipe import starting_model
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    trained = initial_model(native_config(), three_lms, encoder)
+    with torch.no_grad():
+        trained.refiner.out_proj.weight.normal_()  # stands for a trained residual
+        next(iter(trained.receivers.values())).residual.weight.normal_()
+    trained.save_pretrained(tmp_path / "step_000100")
+    source = f"train.init_from={tmp_path / 'step_000100'}"
+
+    pooled = starting_model(native_config("interlingua.pool_window=2", source), three_lms, encoder)
+    assert torch.equal(pooled.refiner.out_proj.weight, trained.refiner.out_proj.weight)
+    assert all(torch.equal(a, b) for a, b in zip(pooled.receivers.state_dict().values(),
+                                                   trained.receivers.state_dict().values()))
+    assert torch.equal(pooled.pool.logits, torch.zeros(2))  # the new window weights start as the mean
+
+    narrow = starting_model(native_config("interlingua.d_inter=16", source), three_lms, encoder)
+    fresh = initial_model(native_config("interlingua.d_inter=16"), three_lms, encoder)
+    assert all(torch.equal(a, b) for a, b in zip(narrow.encoders.state_dict().values(),
+                                                   fresh.encoders.state_dict().values()))
+    assert narrow.refiner.out_proj.weight.abs().sum() == 0  # the residual of another width starts at zero
+
+    with pytest.raises(CheckpointError, match="native-design interlingua, this run is pooled"):
+        starting_model(native_config("interlingua.design=pooled", source), three_lms, encoder)
+    with pytest.raises(CheckpointError, match="not an interlingua checkpoint"):
+        starting_model(native_config(f"train.init_from={tmp_path / 'nowhere'}"), three_lms, encoder)

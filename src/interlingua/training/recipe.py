@@ -141,6 +141,16 @@ def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
     return NativeInterlingua(spec, load_or_fit_bridge(lms, BridgeSettings.of(config)))
 
 
+def starting_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
+    """:func:`initial_model`, then the matching tensors of ``train.init_from`` when it is set."""
+    model = initial_model(config, lms, encoder)
+    if config.train.init_from:
+        from interlingua.training.init import initialise_from
+
+        initialise_from(model, config.train.init_from)
+    return model
+
+
 class TrainingRecipe:
     """One training run; :func:`train` drives it. Attributes are set by :meth:`setup`."""
 
@@ -179,7 +189,7 @@ class TrainingRecipe:
         self._check_output_dir(resume)
         self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device))
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
-        model = initial_model(cfg, self.lms, encoder).to(acc.device)
+        model = starting_model(cfg, self.lms, encoder).to(acc.device)
         self.system = Interlingua(model, self.lms, encoder, cfg)  # compression.qat: soft prompts read the wire z
         sharded = cfg.runtime.shard_frozen
         # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding

@@ -1,0 +1,50 @@
+"""Start a run's learned modules from another checkpoint (``train.init_from``): a compressed shape trained from
+the uncompressed one. Tensors whose name and shape match are copied; every other tensor keeps its step-0 value,
+which for the native design is one where information already flows (the fitted bridge at this ``d_inter``,
+residual branches whose output starts at zero, window weights that start as the mean)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from interlingua.constants import CHECKPOINT_WEIGHTS_FILE
+from interlingua.errors import CheckpointError
+from interlingua.models.interlingua import InterlinguaModel, read_spec
+
+log = logging.getLogger(__name__)
+
+
+def initialise_from(model: InterlinguaModel, directory: str | Path) -> dict[str, list[str]]:
+    """Copy into ``model`` every tensor of checkpoint ``directory`` whose name and shape match.
+
+    Returns:
+        ``{"copied": [...], "kept": [...]}``: tensor names taken from the checkpoint and those left at step 0.
+    Raises:
+        CheckpointError: not a checkpoint, damaged weights, another design, or other models (or order).
+    """
+    directory = Path(directory)
+    saved = read_spec(directory)
+    design, saved_design = model.spec.interlingua.design, saved.interlingua.design
+    if saved_design != design:
+        raise CheckpointError(f"train.init_from={directory} holds a {saved_design.value}-design interlingua, this run "
+                              f"is {design.value}; start from a checkpoint of the same design")
+    saved_models = [m.spec for m in saved.models]
+    if saved_models != model.model_keys:
+        raise CheckpointError(f"train.init_from={directory} was trained for models {saved_models}, this run has "
+                              f"{model.model_keys} (the same models, in the same order, are needed)")
+    try:
+        tensors = load_file(str(directory / CHECKPOINT_WEIGHTS_FILE))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{directory / CHECKPOINT_WEIGHTS_FILE}: truncated or corrupt weights ({err})") from None
+    state = model.state_dict()
+    copied = {name: tensor for name, tensor in tensors.items()
+              if name in state and tuple(state[name].shape) == tuple(tensor.shape)}
+    model.load_state_dict(copied, strict=False)
+    kept = sorted(set(state) - set(copied))
+    log.info("train.init_from=%s: %d tensors copied, %d kept at step 0%s", directory, len(copied), len(kept),
+             f" ({', '.join(kept[:6])}{', …' if len(kept) > 6 else ''})" if kept else "")
+    return {"copied": sorted(copied), "kept": kept}
