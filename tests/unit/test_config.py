@@ -104,6 +104,16 @@ def test_the_full_size_run_is_the_embedded_default_with_the_old_command_lines_ov
     assert load_config("embedded-full", ["train.steps=7"]).train.steps == 7  # overrides apply after extends
 
 
+def test_the_full_size_native_run_is_the_native_config_with_the_launch_overrides():
+    """configs/native-full.yaml = the command the trained native run was started with (docs/results.md)."""
+    import dataclasses
+
+    full = load_config("native-full")
+    old = load_config("native", ["train.steps=250", "train.save_every=5", "train.warmup_steps=10",
+                                 "train.batch_size=4", "train.grad_accum=2", "train.log_every=5", "eval.limit=1000"])
+    assert full.name == "native-full" and dataclasses.replace(full, name=old.name) == old
+
+
 def test_a_config_extends_another_nested_keys_merge_and_lists_replace(tmp_path):
     (tmp_path / "parent.yaml").write_text("name: parent\nmodels: [{spec: tiny-llama}, {spec: tiny-qwen2}]\n"
                                           "train: {steps: 9, lr: 0.5, warmup_steps: 1}\n")
