@@ -363,7 +363,7 @@ class Interlingua(nn.Module):
         return Message(sender, z, payloads, precision, checkpoint_id)
 
     def generate(self, message: Message, receiver: str | None = None, question: str | Sequence[str] | None = None,
-                 max_new_tokens: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, names: Sequence[str] | None = None) -> list[str]:
         """Greedy answers of ``receiver`` (default: the first model), reading each prompt's z as the wire
         delivers it; a hybrid interlingua also reads ``question`` (one per prompt) as text after it.
 
@@ -374,7 +374,7 @@ class Interlingua(nn.Module):
             CheckpointError: ``receiver`` is not one of this interlingua's models.
         """
         questions = [question] if isinstance(question, str) else (None if question is None else list(question))
-        names = [f"message {i + 1}" for i in range(len(message))]
+        names = list(names or [f"message {i + 1}" for i in range(len(message))])  # how errors name each message
         check_questions(self.conditioning, questions, names)
         z = self.check_received(message, names)
         lm = self.lm(receiver or self.model_keys[0], "receiver")

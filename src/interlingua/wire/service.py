@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from interlingua.config import Conditioning, Config
 from interlingua.data.prompts import context_prompt, text_prompt
 from interlingua.errors import MessageInputError
-from interlingua.models.system import Interlingua, Message, check_questions
+from interlingua.models.system import Interlingua, Message
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 """An ``id`` that can name a message file: no path separators, no leading dot."""
@@ -116,11 +116,11 @@ def generate_from_messages(
         raise MessageInputError("no messages to decode")
     names = list(names or [f"message {i + 1}" for i in range(len(messages))])
     system = Interlingua.from_pretrained(checkpoint_dir, list(overrides or []), config)
-    check_questions(system.conditioning, None if questions is None else list(questions), names)
+    check_questions(system.conditioning, None if questions is None else list(questions), names)  # before decoding
     message = Message.from_bytes(messages, system.model.fingerprint(), names)
-    system.check_received(message, names)  # before loading the LLM: a bad message fails fast
-    system.lm(receiver, "receiver")  # an unknown receiver fails here, naming the checkpoint's models
-    return system.generate(message, receiver=receiver, question=None if questions is None else list(questions))
+    # generate checks the questions and the messages before it loads the receiver: a bad one fails fast
+    return system.generate(message, receiver=receiver, question=None if questions is None else list(questions),
+                           names=names)
 
 
 def read_prompt_file(path: Path, conditioning: Conditioning = Conditioning.FULL) -> list[NamedPrompt]:
