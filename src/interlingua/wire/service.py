@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from interlingua.config import Conditioning, Config
 from interlingua.data.prompts import context_prompt, text_prompt
 from interlingua.errors import MessageInputError
-from interlingua.models.system import Interlingua, Message
+from interlingua.models.system import Interlingua, Message, check_questions
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 """An ``id`` that can name a message file: no path separators, no leading dot."""
