@@ -30,7 +30,7 @@ def main() -> None:
     examples = load_squad("validation", config.data.source, args.examples, config.data.seed)
     rows, data = [], {"config": config.name, "examples": len(examples), "batch_size": args.batch_size, "models": {}}
     for model_config in config.models:
-        lm = load_frozen_model(config, model_config.spec, device, frozen_dtype(device))
+        lm = load_frozen_model(config, model_config.spec, device, frozen_dtype(device, config.runtime.dtype))
         evaluate_text_mode(lm, examples[:2], "text", config, progress=False)  # warm-up
         results = {}
         for batch_size in (1, args.batch_size):

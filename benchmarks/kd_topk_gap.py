@@ -32,7 +32,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], extra)
     config = config_of(args)
     device = resolve_device(config.runtime.device)
-    lms, encoder = load_frozen_models(config, device, frozen_dtype(device))
+    lms, encoder = load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype))
     torch.manual_seed(config.runtime.seed)
     model = InterlinguaModel.from_pretrained(args.checkpoint) if args.checkpoint else InterlinguaModel(
         interlingua_spec(config, lms, encoder))

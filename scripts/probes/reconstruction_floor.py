@@ -52,7 +52,7 @@ def main() -> None:
     else:
         model, config = None, load_config(args.config, args.overrides)
         device = resolve_device(config.runtime.device)
-    lms, encoder = load_frozen_models(config, device, frozen_dtype(device))
+    lms, encoder = load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype))
     limit = config.data.train_limit if args.split == "train" else None
     examples = load_squad(args.split, config.data.source, limit, config.data.seed)[: args.examples]
     tokenizers = [lm.tokenizer for lm in lms.values()]

@@ -213,7 +213,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         raise ConfigError("`interlingua bridge` needs interlingua.design=native (e.g. --config native)")
     seed_everything(config.runtime.seed)
     device = resolve_device(config.runtime.device)
-    model = initial_model(config, *load_frozen_models(config, device, frozen_dtype(device)))
+    model = initial_model(config, *load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype)))
     out = prepare_run_dir(config, config.output_dir("bridge"))
     target = checkpoint_dir(out, 0)
     model.save_pretrained(target)

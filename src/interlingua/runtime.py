@@ -18,9 +18,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def frozen_dtype(device: torch.device) -> torch.dtype:
-    """Weights of the frozen models: fp32 on CPU, bf16 on CUDA."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def frozen_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """Weights of the frozen models (``runtime.dtype``): ``auto`` is fp32 on CPU and bf16 on CUDA."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
 
 
 def seed_everything(seed: int) -> None:

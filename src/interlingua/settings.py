@@ -85,7 +85,8 @@ DETERMINANTS: dict[Artifact, Determinants] = {
     Artifact.SWEEP_CELL: Determinants(keys=("*",), ignored=_NOT_A_RESULT),
     Artifact.BASELINE_ROWS: Determinants(
         # the models and their resolved prompt formats, and the example ids, are checked alongside
-        keys=("eval.max_new_tokens", "data.max_prompt_tokens", "interlingua.num_slots"),  # M: token-budget rows
+        keys=("eval.max_new_tokens", "data.max_prompt_tokens", "interlingua.num_slots",  # M: token-budget rows
+              "runtime.dtype"),
     ),
     Artifact.TEACHER_CACHE: Determinants(
         keys=("loss.kd_temperature", "cache.teacher_top_k"),
@@ -98,9 +99,10 @@ DETERMINANTS: dict[Artifact, Determinants] = {
     ),
     Artifact.NATIVE_PASS: Determinants(
         keys=("eval.max_new_tokens", "data.max_prompt_tokens", "compression.precision", "compression.group_size",
-              "runtime.seed"),  # runtime.seed: the shuffled-z derangement
+              "runtime.seed", "runtime.dtype"),  # runtime.seed: the shuffled-z derangement
         names={"eval.max_new_tokens": "max_new_tokens", "data.max_prompt_tokens": "max_prompt_tokens",
-               "compression.precision": "precision", "compression.group_size": "group_size", "runtime.seed": "seed"},
+               "compression.precision": "precision", "compression.group_size": "group_size", "runtime.seed": "seed",
+               "runtime.dtype": "dtype"},
     ),
 }
 """Per artifact kind, the config keys that determine it: the one declaration every reuse check reads."""

@@ -49,6 +49,17 @@ def test_eval_throughput_benchmark(tmp_path):
     assert all(model["same_answers"] == 4 for model in data["models"].values())
 
 
+def test_frozen_dtype_benchmark_on_the_native_design(tmp_path):
+    """fp32 and bf16 frozen models side by side: a native training step and greedy answers in both."""
+    data = _run("frozen_dtype", tmp_path, "--examples", "4", "--steps", "1", "interlingua.design=native")
+    for dtype in ("float32", "bfloat16"):
+        assert data[dtype]["step_seconds"] > 0 and data[dtype]["examples"] == 4
+        assert {"gen", "kd", "total"} <= set(data[dtype]["first_step_loss"])
+        assert all(len(g["predictions"]) == 4 for g in data[dtype]["generation"].values())
+    fp32, bf16 = data["float32"]["first_step_loss"], data["bfloat16"]["first_step_loss"]
+    assert bf16["total"] == pytest.approx(fp32["total"], rel=0.05)  # bf16 keeps ~3 significant digits
+
+
 def test_kd_topk_gap_benchmark(tmp_path):
     data = _run("kd_topk_gap", tmp_path, "--examples", "4")
     for model in data["models"].values():

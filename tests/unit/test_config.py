@@ -143,3 +143,17 @@ def test_a_bad_extends_is_refused_naming_the_file(tmp_path, files, expected):
     with pytest.raises(ConfigError, match=expected) as info:
         load_config(str(tmp_path / "a.yaml"))
     assert str(tmp_path / "a.yaml") in str(info.value) or "cycle" in str(info.value)
+
+
+def test_runtime_dtype_chooses_the_frozen_models_precision():
+    import torch
+
+    from interlingua.runtime import frozen_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert load_config("tiny").runtime.dtype == "auto"
+    assert (frozen_dtype(cpu), frozen_dtype(cuda)) == (torch.float32, torch.bfloat16)  # auto
+    assert frozen_dtype(cpu, load_config("tiny", ["runtime.dtype=bfloat16"]).runtime.dtype) == torch.bfloat16
+    assert frozen_dtype(cuda, "float32") == torch.float32
+    with pytest.raises(ConfigError, match="runtime.dtype must be one of auto, float32, bfloat16, got 'fp8'"):
+        load_config("tiny", ["runtime.dtype=fp8"])

@@ -1,7 +1,7 @@
 """The GPU path. On a CPU: SDPA attention, gradient checkpointing through the frozen LLMs (same
 gradients, layers recomputed, fewer activations kept), and that runtime.gradient_checkpointing reaches
-the models in training. On a CUDA GPU (skipped without one): a tiny training step and generation in
-bf16, finite and close to the CPU's fp32 results."""
+the models in training. Frozen models in bf16, on a CUDA GPU (skipped without one) and on the CPU
+(runtime.dtype=bfloat16): a tiny training step and generation, finite and close to the CPU's fp32 results."""
 
 from __future__ import annotations
 
@@ -125,31 +125,37 @@ def test_gradient_checkpointing_config_reaches_the_models(tmp_path):
     assert on_rows[0]["grad_norm"] == pytest.approx(off_rows[0]["grad_norm"], rel=1e-5)
 
 
-# ---- on a CUDA GPU ----------------------------------------------------------------------------
+# ---- bf16 frozen models: on a CUDA GPU (skipped without one), and on the CPU (runtime.dtype) ----------
+BF16_RUNS = [
+    pytest.param(["runtime.device=cuda"], marks=[pytest.mark.cuda, requires_cuda], id="cuda"),
+    pytest.param(["runtime.device=cpu", "runtime.dtype=bfloat16"], id="cpu-bf16"),
+]
+
+
 @pytest.mark.e2e
-@pytest.mark.cuda
-@requires_cuda
-def test_a_tiny_training_step_in_bf16_on_cuda_matches_fp32_on_cpu(tmp_path):
-    """runtime.device=cuda: frozen LLMs in bf16 and bf16 autocast (DESIGN §4.8). The losses and the
-    gradient norm are finite and close to fp32 on the CPU (bf16 keeps ~3 significant digits), and the
-    learned weights stay fp32 and take the same first step: from the same seeded init, Adam's first
-    update moves each weight by at most lr = 3e-4, so the two runs end within 2 lr of each other (and
-    the adapters' scale starts at the bf16 weights' embedding RMS, ~5e-7 away from fp32's)."""
+@pytest.mark.parametrize("bf16", BF16_RUNS)
+def test_a_tiny_training_step_with_bf16_frozen_models_matches_fp32_on_cpu(tmp_path, bf16):
+    """Frozen LLMs in bf16 (runtime.device=cuda, with bf16 autocast, DESIGN §4.8; or runtime.dtype=bfloat16
+    on the CPU). The losses and the gradient norm are finite and close to fp32 on the CPU (bf16 keeps ~3
+    significant digits), and the learned weights stay fp32 and take the same first step: from the same
+    seeded init, Adam's first update moves each weight by at most lr = 3e-4, so the two runs end within
+    2 lr of each other (and the adapters' scale starts at the bf16 weights' embedding RMS, ~5e-7 away
+    from fp32's)."""
     from safetensors.torch import load_file
 
     from interlingua.constants import CHECKPOINT_WEIGHTS_FILE
     from interlingua.training.recipe import train
 
     runs = {}
-    for device in ("cpu", "cuda"):
+    for label, overrides in (("fp32", ["runtime.device=cpu"]), ("bf16", bf16)):
         reset_accelerate_state()  # accelerate refuses a second Accelerator of another device or precision
-        out = tmp_path / device
-        final = train(tiny("train.steps=1", "train.save_every=1", f"runtime.device={device}",
-                           f"cache.dir={out / 'cache'}"), out / "run", progress=False)
+        out = tmp_path / label
+        final = train(tiny("train.steps=1", "train.save_every=1", f"cache.dir={out / 'cache'}", *overrides),
+                      out / "run", progress=False)
         row = json.loads((out / "run" / METRICS_LOG_FILE).read_text().splitlines()[0])
-        runs[device] = row, load_file(str(final / CHECKPOINT_WEIGHTS_FILE))
+        runs[label] = row, load_file(str(final / CHECKPOINT_WEIGHTS_FILE))
     lr = tiny().train.lr  # step 0's rate (1 warmup step)
-    (cpu_row, cpu_weights), (cuda_row, cuda_weights) = runs["cpu"], runs["cuda"]
+    (cpu_row, cpu_weights), (cuda_row, cuda_weights) = runs["fp32"], runs["bf16"]
     assert set(cuda_row["loss"]) == set(cpu_row["loss"]) == {"gen", "align", "sem", "kd", "total"}
     for term, value in cpu_row["loss"].items():
         assert math.isfinite(cuda_row["loss"][term]), term
@@ -163,21 +169,20 @@ def test_a_tiny_training_step_in_bf16_on_cuda_matches_fp32_on_cpu(tmp_path):
         torch.testing.assert_close(cuda_weights[name], weight, rtol=0, atol=2 * lr + 1e-5, msg=name)
 
 
-@pytest.mark.cuda
-@requires_cuda
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda]), "cpu"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
-def test_bf16_logits_and_generation_on_cuda_match_fp32_on_cpu(name):
-    """A soft prompt through a bf16 frozen LLM on the GPU: finite logits close to fp32 on the CPU at the
-    answer positions (training) and for the next token (generation); greedy decoding picks fp32's best
-    first token or one within bf16 rounding of it."""
+def test_bf16_logits_and_generation_match_fp32_on_cpu(name, device):
+    """A soft prompt through a bf16 frozen LLM (on the GPU, or on the CPU): finite logits close to fp32 on
+    the CPU at the answer positions (training) and for the next token (generation); greedy decoding picks
+    fp32's best first token or one within bf16 rounding of it."""
     cpu = FrozenLM.load(ModelConfig(name, PromptFormat.RAW))
-    gpu = FrozenLM.load(ModelConfig(name, PromptFormat.RAW), device="cuda", dtype=torch.bfloat16)
+    gpu = FrozenLM.load(ModelConfig(name, PromptFormat.RAW), device=device, dtype=torch.bfloat16)
     soft = torch.randn(2, 4, cpu.hidden_size, generator=torch.Generator().manual_seed(0)) * cpu.embedding_rms
     targets = cpu.answer_targets(["the answer", "four"], 3)
-    gpu_targets = type(targets)(targets.ids.cuda(), targets.mask.cuda())
+    gpu_targets = type(targets)(targets.ids.to(device), targets.mask.to(device))
     with torch.no_grad():
         expected = cpu.target_logits(cpu.soft_prefix(soft), targets)  # (2, K, V); [:, 0] = the next token
-        gpu_prefix = gpu.soft_prefix(soft.cuda())
+        gpu_prefix = gpu.soft_prefix(soft.to(device))
         logits = gpu.target_logits(gpu_prefix, gpu_targets).float().cpu()  # (2, K, V)
     assert torch.isfinite(logits).all()
     tolerance = 0.05 * expected.abs().max().item()

@@ -71,6 +71,7 @@ CASES = [
     (Artifact.BASELINE_ROWS, "eval.max_new_tokens=3", ["train.lr=1e-5", "interlingua.d_inter=16", "eval.limit=3"]),
     (Artifact.BASELINE_ROWS, "data.max_prompt_tokens=64", []),
     (Artifact.BASELINE_ROWS, "interlingua.num_slots=2", []),
+    (Artifact.BASELINE_ROWS, "runtime.dtype=bfloat16", ["runtime.device=cpu"]),
     (Artifact.TEACHER_CACHE, "loss.kd_temperature=2.0", ["loss.w_kd=0.5", "cache.anchor=false", "train.lr=1e-5"]),
     (Artifact.TEACHER_CACHE, "cache.teacher_top_k=8", []),
     (Artifact.ANCHOR_CACHE, "interlingua.anchor=tokens", ["interlingua.d_inter=16", "loss.w_sem=0.2"]),
@@ -78,6 +79,7 @@ CASES = [
     (Artifact.BRIDGE_FIT, "interlingua.d_inter=16", []),
     (Artifact.NATIVE_PASS, "compression.precision=int8", ["eval.batch_size=2", "eval.limit=3", "train.lr=1e-5"]),
     (Artifact.NATIVE_PASS, "runtime.seed=1", []),
+    (Artifact.NATIVE_PASS, "runtime.dtype=bfloat16", []),
 ]
 
 
@@ -124,7 +126,8 @@ def test_stored_settings_keep_their_on_disk_names():
     assert settings_of(Artifact.ANCHOR_CACHE, config) == {"anchor": "tokens"}
     assert settings_of(Artifact.BRIDGE_FIT, config) == {"d_inter": 32, "ridge": 0.01}
     assert settings_of(Artifact.NATIVE_PASS, config) == {
-        "max_new_tokens": 4, "max_prompt_tokens": 1024, "precision": "int8", "group_size": 32, "seed": 0}
+        "max_new_tokens": 4, "max_prompt_tokens": 1024, "precision": "int8", "group_size": 32, "seed": 0,
+        "dtype": "auto"}
     # the hash that names a cache folder is the one written before: 16 hex digits of sha256, sorted keys
     expected = hashlib.sha256(json.dumps({"a": 1, "b": [1, 2]}, sort_keys=True).encode()).hexdigest()[:16]
     assert settings_hash({"b": [1, 2], "a": 1}) == expected == cache_settings_hash({"a": 1, "b": [1, 2]})
@@ -299,7 +302,8 @@ def test_native_passes_are_stamped_with_the_declared_settings(spy):
                              lms={"tiny-llama": SimpleNamespace(prompt_format=PromptFormat.RAW)})
     stamp = native.pass_settings(system, [SimpleNamespace(id="q1")], tiny("compression.precision=int8"))
     assert stamp == {"fingerprint": "abc", "ids": ["q1"], "max_new_tokens": 4, "max_prompt_tokens": 1024,
-                     "precision": "int8", "group_size": 32, "seed": 0, "formats": {"tiny-llama": "raw"}}
+                     "precision": "int8", "group_size": 32, "seed": 0, "dtype": "auto",
+                     "formats": {"tiny-llama": "raw"}}
     assert calls == [Artifact.NATIVE_PASS]
 
 

@@ -40,7 +40,8 @@ def baselines_job(config: Config, progress: bool = True) -> Path:
     out_dir = prepare_run_dir(config, config.output_dir("baselines"))
     examples = validation_examples(config)
     device = resolve_device(config.runtime.device)
-    rows, formats = run_baselines(config, examples, device, frozen_dtype(device), progress=progress)
+    dtype = frozen_dtype(device, config.runtime.dtype)
+    rows, formats = run_baselines(config, examples, device, dtype, progress=progress)
     write_baselines(out_dir, rows, formats, info)
     return out_dir
 
@@ -91,7 +92,7 @@ def eval_job(
     model, config, device = load_checkpoint(checkpoint_dir, config, list(overrides or []) + _limit_override(limit))
     seed_everything(config.runtime.seed)
     info = run_info(config, "eval")  # before running: the git hash of the code that ran
-    system = Interlingua(model, *load_frozen_models(config, device, frozen_dtype(device)), config)
+    system = Interlingua(model, *load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype)), config)
     out_dir = prepare_run_dir(config, Path(output_dir or checkpoint_dir.parent / EVAL_SUBDIR / checkpoint_dir.name))
     examples = validation_examples(config)
     formats = {key: lm.prompt_format.value for key, lm in system.lms.items()}

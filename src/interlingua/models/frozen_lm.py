@@ -193,7 +193,7 @@ class FrozenLM:
         if self.bos_id is not None:
             head = self.embed(torch.tensor([[self.bos_id]], device=self.device)).expand(batch, -1, -1)
         else:
-            head = soft_prompt.new_zeros(batch, 0, self.hidden_size)
+            head = soft_prompt.new_zeros(batch, 0, self.hidden_size, dtype=self.dtype)  # cat would promote to fp32
         cue = self.embed(torch.tensor([cue_ids], device=self.device)).expand(batch, -1, -1)
         embeddings = torch.cat([head, soft_prompt.to(self.dtype), cue], dim=1)  # (B, b + M + c, d)
         mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=self.device)

@@ -239,7 +239,8 @@ class Interlingua(nn.Module):
                 raise CheckpointError(f"{key} is not loaded and this Interlingua has no config to load it from")
             from interlingua.runtime import frozen_dtype
 
-            self._attach(load_frozen_model(self.config, key, self.device, frozen_dtype(self.device)))
+            dtype = frozen_dtype(self.device, self.config.runtime.dtype)
+            self._attach(load_frozen_model(self.config, key, self.device, dtype))
         return self.lms[key]
 
     def _attach(self, lm: FrozenLM) -> None:

@@ -228,9 +228,10 @@ class _Evaluator:
 
     def frozen_models(self, config: Config, device) -> tuple:
         """``({spec: FrozenLM}, SentenceEncoder)`` of ``config``, loaded once (one set kept)."""
-        key = (tuple((m.spec, m.prompt_format) for m in config.models), config.encoder, str(device))
+        dtype = frozen_dtype(device, config.runtime.dtype)
+        key = (tuple((m.spec, m.prompt_format) for m in config.models), config.encoder, str(device), dtype)
         if key not in self._frozen:
-            self._frozen = {key: load_frozen_models(config, device, frozen_dtype(device))}  # keep one set only
+            self._frozen = {key: load_frozen_models(config, device, dtype)}  # keep one set only
         return self._frozen[key]
 
     def validation(self, config: Config) -> list:

@@ -187,7 +187,7 @@ class TrainingRecipe:
         cfg, acc = self.config, self.accelerator
         seed_everything(cfg.runtime.seed)
         self._check_output_dir(resume)
-        self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device))
+        self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device, cfg.runtime.dtype))
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
         model = starting_model(cfg, self.lms, encoder).to(acc.device)
         self.system = Interlingua(model, self.lms, encoder, cfg)  # compression.qat: soft prompts read the wire z
