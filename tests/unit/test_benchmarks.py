@@ -60,6 +60,12 @@ def test_frozen_dtype_benchmark_on_the_native_design(tmp_path):
     assert bf16["total"] == pytest.approx(fp32["total"], rel=0.05)  # bf16 keeps ~3 significant digits
 
 
+def test_vocab_search_benchmark_finds_the_exact_soft_tokens(tmp_path):
+    data = _run("vocab_search", tmp_path, "--examples", "3", "interlingua.design=native")
+    assert len(data["pairs"]) == 4
+    assert all(pair["identical"] and pair["tokens"] > 0 and pair["speedup"] > 0 for pair in data["pairs"].values())
+
+
 def test_kd_topk_gap_benchmark(tmp_path):
     data = _run("kd_topk_gap", tmp_path, "--examples", "4")
     for model in data["models"].values():

@@ -152,6 +152,27 @@ def test_step_zero_vocabulary_decoder_returns_own_embeddings(three_system):
         torch.testing.assert_close(soft.embeddings[mask], embeddings[mask], rtol=1e-4, atol=1e-5 * lm.embedding_rms)
 
 
+def test_the_bf16_vocabulary_search_picks_the_exact_top_k():
+    """The receiver head's search scores the vocabulary in bf16 (where that is fast) and rescores its best
+    candidates in fp32: the same top-k as the exact fp32 search, also where keys differ below bf16's
+    resolution (there a bf16-only search ties and picks arbitrarily)."""
+    from interlingua.config import NativeDecoder
+    from interlingua.models.native import ReceiverHead
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(500, 32, generator=generator), dim=-1)
+    near = base[:50] + 1e-2 * torch.randn(50, 32, generator=generator)  # twins bf16 cannot tell apart
+    keys = torch.nn.functional.normalize(torch.cat([base, near, torch.randn(4000, 32, generator=generator)]), dim=-1)
+    queries = torch.nn.functional.normalize(torch.cat([base[:50], torch.randn(200, 32, generator=generator)]), dim=-1)
+    head = ReceiverHead(32, 16, 1.0, NativeDecoder.VOCAB, top_k=4, temperature=0.01)
+    exact = (queries @ keys.T).topk(4, dim=-1).indices
+    assert torch.equal(head._top_k(queries, keys), exact)  # no bf16 keys: the exact search
+    head._search_keys = keys.to(torch.bfloat16)
+    assert torch.equal(head._top_k(queries, keys), exact)
+    bf16_only = (queries.bfloat16() @ keys.bfloat16().T).topk(4, dim=-1).indices
+    assert not torch.equal(bf16_only, exact)  # the case the rescoring is there for
+
+
 def test_step_zero_linear_decoder_is_the_fitted_map(three_lms):
     from interlingua.models.encoder import SentenceEncoder
 
