@@ -360,9 +360,10 @@ class RuntimeConfig:
     """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     dtype: str = "auto"
     """Weights of the frozen LLMs: ``auto`` (fp32 on CPU, bf16 on CUDA), ``float32`` or ``bfloat16``. The
-    learned modules stay fp32 either way. bf16 on a CPU with AMX (Sapphire Rapids and newer) runs the
-    frozen models ~3x faster (``benchmarks/frozen_dtype.py``); its F1 differs from fp32 by a few tenths,
-    so compare rows of one dtype only (baseline reuse and native passes check it)."""
+    learned modules stay fp32 either way. On a CPU with AMX (Sapphire Rapids and newer) bf16 makes the
+    native training step 1.5x faster but Gemma-3's decoding 3x slower (``benchmarks/frozen_dtype.py``);
+    its F1 differs from fp32 by a few tenths, so compare rows of one dtype only (baseline reuse and native
+    passes check it)."""
     seed: int = 0
     output_dir: Optional[str] = None
     """Run folder; default ``runs/<config name>/<command>``."""

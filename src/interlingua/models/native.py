@@ -197,7 +197,6 @@ class ReceiverHead(nn.Module):
         mixed = (torch.softmax(scores, -1).unsqueeze(-1) * values).sum(1)  # (N, d_model)
         return mixed.view(*z.shape[:-1], -1)
 
-
     def _top_k(self, queries: Tensor, keys: Tensor) -> Tensor:
         """Ids (into the keys) of the ``top_k`` keys of highest cosine per query row: ``(n, d)`` -> ``(n, k)``.
 
