@@ -350,10 +350,12 @@ def test_a_stopped_evaluation_resumes_from_its_finished_passes(three_system, tmp
     again, _ = native_eval.evaluate_native(system, examples, config, progress=False, passes_dir=tmp_path)
     assert again == rows
     calls = []
-    monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: calls.append(1) or real_decode_pair(*a, **k))
+    monkeypatch.setattr(native_eval, "decode_pair",
+                        lambda *a, **k: calls.append((a[3], a[4])) or real_decode_pair(*a, **k))  # (sender, receiver)
     other = replace(config, eval=config_from_dict(config_to_dict(config), ["eval.max_new_tokens=2"]).eval)
     native_eval.evaluate_native(system, examples, other, progress=False, passes_dir=tmp_path)
-    assert len(calls) == 9  # other decoding settings: nothing stale is read
+    assert len(set(calls)) == len(calls) == 9  # other decoding settings: nothing stale is read
+    assert all(a != b for a, b in calls[:6]) and all(a == b for a, b in calls[6:])  # cross pairs first
 
 
 def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monkeypatch, capsys):
