@@ -155,18 +155,18 @@ def test_a_tiny_training_step_with_bf16_frozen_models_matches_fp32_on_cpu(tmp_pa
         row = json.loads((out / "run" / METRICS_LOG_FILE).read_text().splitlines()[0])
         runs[label] = row, load_file(str(final / CHECKPOINT_WEIGHTS_FILE))
     lr = tiny().train.lr  # step 0's rate (1 warmup step)
-    (cpu_row, cpu_weights), (cuda_row, cuda_weights) = runs["fp32"], runs["bf16"]
-    assert set(cuda_row["loss"]) == set(cpu_row["loss"]) == {"gen", "align", "sem", "kd", "total"}
-    for term, value in cpu_row["loss"].items():
-        assert math.isfinite(cuda_row["loss"][term]), term
-        assert cuda_row["loss"][term] == pytest.approx(value, rel=0.05, abs=0.01), term
-    assert math.isfinite(cuda_row["grad_norm"])
-    assert cuda_row["grad_norm"] == pytest.approx(cpu_row["grad_norm"], rel=0.1)
-    assert cuda_weights.keys() == cpu_weights.keys()
-    for name, weight in cpu_weights.items():
-        assert cuda_weights[name].dtype == weight.dtype == torch.float32, name
-        assert torch.isfinite(cuda_weights[name]).all(), name
-        torch.testing.assert_close(cuda_weights[name], weight, rtol=0, atol=2 * lr + 1e-5, msg=name)
+    (fp32_row, fp32_weights), (bf16_row, bf16_weights) = runs["fp32"], runs["bf16"]
+    assert set(bf16_row["loss"]) == set(fp32_row["loss"]) == {"gen", "align", "sem", "kd", "total"}
+    for term, value in fp32_row["loss"].items():
+        assert math.isfinite(bf16_row["loss"][term]), term
+        assert bf16_row["loss"][term] == pytest.approx(value, rel=0.05, abs=0.01), term
+    assert math.isfinite(bf16_row["grad_norm"])
+    assert bf16_row["grad_norm"] == pytest.approx(fp32_row["grad_norm"], rel=0.1)
+    assert bf16_weights.keys() == fp32_weights.keys()
+    for name, weight in fp32_weights.items():
+        assert bf16_weights[name].dtype == weight.dtype == torch.float32, name
+        assert torch.isfinite(bf16_weights[name]).all(), name
+        torch.testing.assert_close(bf16_weights[name], weight, rtol=0, atol=2 * lr + 1e-5, msg=name)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda]), "cpu"])
