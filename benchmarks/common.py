@@ -43,6 +43,15 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def optimizer_step(recipe, step: int) -> dict:
+    """One whole training step of a set-up ``TrainingRecipe``: forward/backward, clip, update; its loss sums."""
+    sums, _ = recipe._forward_backward(step)
+    recipe._clip_gradients(step)
+    recipe.optimizer.step()
+    recipe.optimizer.zero_grad(set_to_none=True)
+    return sums
+
+
 def machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),

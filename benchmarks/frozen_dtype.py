@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common import config_of, parse_args, report, timed
+from common import config_of, optimizer_step, parse_args, report, timed
 from interlingua.data.squad import load_squad
 from interlingua.eval.baselines import evaluate_text_mode
 from interlingua.training.recipe import TrainingRecipe
@@ -28,15 +28,8 @@ def measure(args, dtype: str, workdir: Path) -> dict:
     recipe = TrainingRecipe(config, workdir / f"run-{dtype}", progress=False)
     recipe.setup(resume=False)
 
-    def step(index: int) -> dict:
-        sums, _ = recipe._forward_backward(index)
-        recipe._clip_gradients(index)
-        recipe.optimizer.step()
-        recipe.optimizer.zero_grad(set_to_none=True)
-        return sums
-
-    first_loss = step(0)  # also the warm-up of allocator and kernels
-    step_times = [timed(lambda s=s: step(s))[0] for s in range(1, args.steps + 1)]
+    first_loss = optimizer_step(recipe, 0)  # also the warm-up of allocator and kernels
+    step_times = [timed(lambda s=s: optimizer_step(recipe, s))[0] for s in range(1, args.steps + 1)]
     examples = load_squad("validation", config.data.source, args.examples, config.data.seed)
     generation = {}
     for key, lm in recipe.lms.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import config_of, parse_args, peak_matmul_flops, report, timed
+from common import config_of, optimizer_step, parse_args, peak_matmul_flops, report, timed
 from interlingua.training.recipe import TrainingRecipe
 from naive_reference import naive_step_loss
 
@@ -37,10 +37,7 @@ def main() -> None:
     batch = recipe.stream.global_batch_size
 
     def real(step: int) -> None:
-        recipe._forward_backward(step)
-        recipe._clip_gradients(step)
-        recipe.optimizer.step()
-        recipe.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(recipe, step)
 
     def naive(step: int) -> None:
         for micro in recipe.stream.micro_batches(step):
