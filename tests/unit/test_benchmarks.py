@@ -131,3 +131,11 @@ def test_reconstruction_probe_of_a_checkpoint_has_own_and_shuffled_z(tmp_path):
         assert len(per_model) == 2 and all(v > 0 for v in per_model)
         assert total == pytest.approx(sum(per_model), abs=2e-3)
 
+
+
+def test_decode_head_benchmark_gives_identical_answers_both_ways(tmp_path):
+    data = _run("decode_head", tmp_path, "--examples", "3", "--tokens", "4")
+    assert len(data["models"]) == 2
+    for dtypes in data["models"].values():
+        assert set(dtypes) == {"float32", "bfloat16"}
+        assert all(d["identical"] and d["speedup"] > 0 and len(d["predictions"]) == 3 for d in dtypes.values())

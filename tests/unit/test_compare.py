@@ -64,3 +64,43 @@ def test_unfinished_run_and_bad_argument_are_clear_errors(finished_runs, tmp_pat
         compare_runs({"x": unfinished}, tmp_path / "o")
     assert main(["compare", "no-equals-sign", "-o", str(tmp_path / "o")]) == 2
     assert "NAME=RUN_DIR" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def native_runs(tmp_path_factory):
+    """Two tiny native runs (train 1 step + evaluate hybrid on 4 examples), the second without KD."""
+    root = tmp_path_factory.mktemp("compare-native")
+    common = ["--config", "tiny", "-q", "interlingua.design=native", f"data.source={SQUAD_MINI}", "train.steps=1",
+              "train.save_every=1", "eval.conditionings=[hybrid]", "--limit", "4", f"cache.dir={root / 'cache'}"]
+    assert main(["run", "-o", str(root / "all"), *common]) == 0
+    assert main(["run", "-o", str(root / "no-kd"), *common, "loss.w_kd=0"]) == 0
+    return root
+
+
+def test_native_rows_are_per_pair_with_the_paired_difference_from_the_first_variant(native_runs, tmp_path):
+    from interlingua.eval.compare import paired_difference
+
+    rows = [variant_row(name, native_runs / name) for name in ("all", "no-kd")]
+    metrics = json.loads(next((native_runs / "all").glob("eval/step_*/metrics.json")).read_text())
+    flow = metrics["native"]["information_flow"]["hybrid"]
+    assert set(rows[0]["pairs"]) == {f"hybrid {pair}" for pair in flow} and len(flow) == 4  # 2 senders x 2 receivers
+    for pair, values in flow.items():
+        assert rows[0]["pairs"][f"hybrid {pair}"]["latent_f1"] == values["latent_f1"]
+        assert rows[0]["pairs"][f"hybrid {pair}"]["shuffled_f1"] == values["shuffled_f1"]
+        assert len(rows[0]["pairs"][f"hybrid {pair}"]["_example_f1"]) == 4
+    assert rows[0]["loss_weights"]["w_kd"] > 0 and rows[1]["loss_weights"]["w_kd"] == 0
+
+    out = tmp_path / "ablation"
+    compare_runs({name: native_runs / name for name in ("all", "no-kd")}, out)
+    table = (out / "ablation.md").read_text()
+    assert table.count("| all |") == 4 and table.count("| no-kd |") == 4  # one line per pair
+    assert "ΔF1 vs all" in table
+    assert "_example_f1" not in (out / "ablation.json").read_text()  # per-example values stay out of the JSON
+
+    mean, error, n = paired_difference({"a": 0.5, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0})
+    assert n == 3 and mean == pytest.approx(50 / 3) and error == pytest.approx(50 / 3)
+
+
+def test_native_and_pooled_runs_are_not_mixed_in_one_table(native_runs, finished_runs, tmp_path):
+    with pytest.raises(CompareError, match="native runs with native runs only"):
+        compare_runs({"native": native_runs / "all", "pooled": finished_runs / "a"}, tmp_path / "o")

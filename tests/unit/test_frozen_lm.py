@@ -36,6 +36,20 @@ def test_lm_head_reads_the_target_positions_as_one_matrix(lm):
     assert logits.shape[:2] == (3, 3)
 
 
+def test_generate_hands_the_lm_head_a_contiguous_input_from_one_hook(lm):
+    # generate slices the last position, (B, 1, d) strided: matmul would copy the (V, d) weight per row
+    head = lm.model.get_output_embeddings()
+    FrozenLM(lm.model, lm.tokenizer, key=lm.key)  # wrapping the same model again adds no second hook
+    assert len(head._forward_pre_hooks) == 1
+    seen = []
+    handle = head.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        lm.generate(lm.text_prefix(PROMPTS), max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert seen and all(x.is_contiguous() for x in seen)
+
+
 def test_empty_soft_prefix_reproduces_plain_logits(lm):
     targets = lm.answer_targets(["near the harbour", "four"], k=4)
     prefix = lm.soft_prefix(torch.zeros(2, 0, lm.hidden_size))

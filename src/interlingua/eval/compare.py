@@ -4,6 +4,10 @@
 
 A run folder is what ``interlingua run`` writes (``metrics.jsonl`` and ``eval/[step_N/]metrics.json``)
 or a copy of it under ``results/``. Output: ``ablation.md``, ``ablation.json`` and ``ablation_curves.png``.
+
+Runs of the native design (DESIGN §8) give one line per (conditioning, sender → receiver) pair, each next
+to its own shuffled-z row, and the paired difference of its F1 from the first variant's on the same
+examples (mean ± standard error), so a loss ablation at a small n says which differences are noise.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def variant_row(name: str, run_dir: Path) -> dict:
     """One row of the ablation table from a run folder."""
     metrics_path = eval_metrics_path(run_dir)
     metrics = json.loads(metrics_path.read_text())
+    if "native" in metrics:
+        return native_variant_row(name, run_dir, metrics, metrics_path.parent / PREDICTIONS_FILE)
     latent, baselines = metrics["latent"], metrics["baselines"]
     config = metrics["run"]["config"]
     changed = _changed_by_shuffle(latent, metrics_path.parent / PREDICTIONS_FILE)
@@ -51,14 +57,77 @@ def variant_row(name: str, run_dir: Path) -> dict:
             "changed_by_shuffle": changed.get(model),
             "flows": metrics["information_flow"][model]["flows"],
         }
-    train = config["train"]
-    pretrain = config.get("pretrain", {}).get("steps", 0)
     return {
         "variant": name, "run": str(run_dir), "n": latent["n"], "models": models,
         "agreement": [a["share"] for a in latent["agreement"]["latent"]],
-        "steps": pretrain + train["steps"], "global_batch": train["batch_size"] * train["grad_accum"],
-        "argv": metrics["run"].get("argv"),
+        **_budget(config), "argv": metrics["run"].get("argv"),
     }
+
+
+def _budget(config: dict) -> dict:
+    train = config["train"]
+    pretrain = config.get("pretrain", {}).get("steps", 0)
+    return {"steps": pretrain + train["steps"], "global_batch": train["batch_size"] * train["grad_accum"]}
+
+
+def native_variant_row(name: str, run_dir: Path, metrics: dict, predictions_path: Path) -> dict:
+    """The ablation row of a native run: per (conditioning, pair) the latent/cross and shuffled scores,
+    with the per-example F1 of the latent/cross rows (``_example_f1``, for paired differences)."""
+    native, config = metrics["native"], metrics["run"]["config"]
+    if not predictions_path.is_file():
+        raise CompareError(f"{run_dir}: no {PREDICTIONS_FILE} beside {METRICS_FILE}; the paired differences need it")
+    per_example: dict[tuple[str, str], dict[str, float]] = {}
+    for line in predictions_path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else None
+        if row and "conditioning" in row and row["mode"] in ("latent", "cross"):
+            pair = (row["conditioning"], f"{row['sender']} -> {row['model']}")
+            per_example.setdefault(pair, {})[row["id"]] = row["f1"]
+    pairs = {}
+    for conditioning, verdicts in native["information_flow"].items():
+        for pair, v in verdicts.items():
+            sender, receiver = pair.split(" -> ")
+            read = native["scores"][conditioning][receiver][sender]["latent" if sender == receiver else "cross"]
+            pairs[f"{conditioning} {pair}"] = {
+                **v, "latent_em": read["exact_match"], "_example_f1": per_example[(conditioning, pair)],
+            }
+    return {"variant": name, "run": str(run_dir), "design": "native", "n": native["n"], "pairs": pairs,
+            "loss_weights": {k: v for k, v in config["loss"].items() if k.startswith("w_")},
+            **_budget(config), "argv": metrics["run"].get("argv")}
+
+
+def paired_difference(f1: dict[str, float], reference: dict[str, float]) -> tuple[float, float, int]:
+    """Mean and standard error (×100) of ``f1 − reference`` over the examples both have."""
+    shared = sorted(set(f1) & set(reference))
+    if len(shared) < 2:
+        return float("nan"), float("nan"), len(shared)
+    deltas = np.array([f1[i] - reference[i] for i in shared]) * 100
+    return float(deltas.mean()), float(deltas.std(ddof=1) / np.sqrt(len(deltas))), len(shared)
+
+
+def native_ablation_table(rows: list[dict]) -> str:
+    """Markdown: one line per native variant and pair, with the paired ΔF1 from the first variant."""
+    reference = rows[0]
+    lines = [
+        f"| variant | loss weights | n | steps × batch | pair | latent F1 / EM | shuffled F1 | margin | "
+        f"receiver text F1 | ΔF1 vs {reference['variant']} (± SE) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        weights = ", ".join(f"{k[2:]} {v:g}" for k, v in row["loss_weights"].items() if v)
+        for pair, p in row["pairs"].items():
+            base = reference["pairs"].get(pair)
+            if row is reference or base is None:
+                delta = "–"
+            else:
+                mean, error, _ = paired_difference(p["_example_f1"], base["_example_f1"])
+                delta = f"{mean:+.1f} ± {error:.1f}"
+            text = "–" if p["text_f1"] is None else f"{p['text_f1']:.1f}"
+            lines.append(
+                f"| {row['variant']} | {weights} | {row['n']} | {row['steps']} × {row['global_batch']} | {pair} | "
+                f"{p['latent_f1']:.1f} / {p['latent_em']:.1f} | {p['shuffled_f1']:.1f} | {p['margin_f1']:+.1f} | "
+                f"{text} | {delta} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _changed_by_shuffle(latent: dict, predictions_path: Path) -> dict[str, float]:
@@ -74,7 +143,12 @@ def _changed_by_shuffle(latent: dict, predictions_path: Path) -> dict[str, float
 
 
 def ablation_table(rows: list[dict]) -> str:
-    """Markdown: one line per variant and model."""
+    """Markdown: one line per variant and model (native runs: per variant and pair)."""
+    native = [row.get("design") == "native" for row in rows]
+    if any(native):
+        if not all(native):
+            raise CompareError("compare native runs with native runs only: their rows are per pair, not per model")
+        return native_ablation_table(rows)
     lines = [
         "| variant | n | steps × batch | model | latent F1 / EM | retention | shuffled F1 | question-only F1 | "
         "cross F1 (from other) | z cosine | distinct | changed by shuffled z | flows |",
@@ -130,6 +204,8 @@ def compare_runs(runs: dict[str, Path], output_dir: Path) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "ablation.md").write_text(ablation_table(rows))
-    (output_dir / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    public = [{**row, "pairs": {pair: {k: v for k, v in p.items() if not k.startswith("_")}
+                                    for pair, p in row["pairs"].items()}} if "pairs" in row else row for row in rows]
+    (output_dir / "ablation.json").write_text(json.dumps(public, indent=2) + "\n")
     plot_ablation_curves(runs, output_dir / "ablation_curves.png")
     return output_dir

@@ -47,6 +47,18 @@ class Targets:
     mask: Tensor
 
 
+CONTIGUOUS_HOOK = "_interlingua_contiguous_input"
+"""Attribute of a frozen model's output head that holds the handle of its :func:`_contiguous_input` hook."""
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the output head: its input made contiguous. ``generate`` hands the head the
+    last position only, a strided ``(B, 1, d)`` slice, and ``torch.matmul`` cannot fold that into one
+    matrix product: it copies the ``(V, d)`` weight once per row for a batched product instead (22 s of
+    one Gemma-3 bf16 prefill on a CPU, 262k x 640 x B copies; ``benchmarks/decode_head.py``)."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class FrozenLM:
     """A causal LM and its tokenizer, frozen (eval mode, ``requires_grad=False``).
 
@@ -73,6 +85,9 @@ class FrozenLM:
             prompt_format = PromptFormat.CHAT if has_template else PromptFormat.RAW
         self.prompt_format = prompt_format
         self._plain_ids: OrderedDict[str, list[int]] = OrderedDict()  # tokenize_plain memo, see there
+        head = model.get_output_embeddings()
+        if head is not None and getattr(head, CONTIGUOUS_HOOK, None) is None:
+            setattr(head, CONTIGUOUS_HOOK, head.register_forward_pre_hook(_contiguous_input))
 
     @classmethod
     def load(
