@@ -24,13 +24,16 @@ from pathlib import Path
 from interlingua.config import Config, ConfigError, load_config
 
 log = logging.getLogger("interlingua")
+DEFAULT_CONFIG = "native"
+"""The embedded default: the native interlingua (issue #15; the pooled combination is ``embedded``)."""
 _OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 """The start of a ``KEY=VALUE`` override (a dotted key, then ``=``)."""
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default="embedded",
-                        help="config name (tiny, embedded, llama-qwen) or YAML path")
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                        help=f"config name (default {DEFAULT_CONFIG}; also native-full, embedded, seed, tiny, "
+                             "llama-qwen) or YAML path")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.lr=1e-4 eval.batch_size=8")
     parser.add_argument("--output-dir", "-o", default=None, help="run folder (default runs/<config name>/<command>)")

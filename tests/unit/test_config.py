@@ -110,7 +110,8 @@ def test_the_full_size_native_run_is_the_native_config_with_the_launch_overrides
 
     full = load_config("native-full")
     old = load_config("native", ["train.steps=250", "train.save_every=5", "train.warmup_steps=10",
-                                 "train.batch_size=4", "train.grad_accum=2", "train.log_every=5", "eval.limit=1000"])
+                                 "train.log_every=5", "eval.limit=1000",
+                                 "eval.conditionings=[hybrid,full]"])
     assert full.name == "native-full" and dataclasses.replace(full, name=old.name) == old
 
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The loss ablation of the native design (issue #15): configs/native.yaml (the README's first command:
+# 24 steps x 8 examples, every pair and its shuffled-z row on 100 validation examples, hybrid) once as
+# shipped and once per changed term, then `interlingua compare` (paired ΔF1 ± SE against the first variant).
+#
+#   bash scripts/native_loss_ablation.sh [OUT] [RESULTS] [KEY=VALUE overrides for every variant]
+#   e.g. bash scripts/native_loss_ablation.sh runs/native-loss-ablation results/native-loss-ablation data.source=../shared/data/squad
+#
+# Resumable: a variant whose evaluation is written is skipped, a stopped one resumes from its checkpoint.
+# VARIANTS="default no-kd" runs a subset (in the order given). The text baselines are computed once, by
+# the first variant, and every later one reuses them (checked to match); BASELINES=DIR reuses DIR instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/native-loss-ablation}
+RESULTS=${2:-results/native-loss-ablation}
+shift $(( $# < 2 ? $# : 2 ))
+IL=${IL:-.venv/bin/interlingua}
+BASELINES=${BASELINES:-}
+
+declare -A CHANGE=(
+  [default]=""                  # CE 1 + KD 0.3 + align 0.5 (configs/native.yaml)
+  [no-kd]="loss.w_kd=0"
+  [no-align]="loss.w_align=0"
+  [ce-only]="loss.w_kd=0 loss.w_align=0"
+  [with-rec]="loss.w_rec=1.0"   # the receiver repeats the first 32 context tokens after the soft tokens
+  [with-anchor]="loss.w_sem=0.1" # the seed's semantic-anchor term and weight
+)
+ORDER=(${VARIANTS:-default no-kd no-align with-rec with-anchor ce-only})
+
+compared=()
+for name in "${ORDER[@]}"; do
+  [ -n "${CHANGE[$name]+x}" ] || { echo "unknown variant $name (known: ${!CHANGE[*]})" >&2; exit 2; }
+  dir="$OUT/$name"
+  if ! compgen -G "$dir/eval/step_*/metrics.json" > /dev/null; then
+    extra=()
+    [ -f "$dir/latest" ] && extra+=(--resume)
+    [ -n "$BASELINES" ] && extra+=(--baselines "$BASELINES")
+    echo "== $name: ${CHANGE[$name]:-as shipped}"
+    # shellcheck disable=SC2086  # CHANGE holds space-separated overrides
+    "$IL" run --config native "${extra[@]}" -o "$dir" ${CHANGE[$name]} "$@"
+  fi
+  evaluated=$(compgen -G "$dir/eval/step_*/metrics.json" | sort | tail -1)
+  BASELINES=${BASELINES:-$(dirname "$evaluated")}
+  compared+=("$name=$dir")
+done
+"$IL" compare "${compared[@]}" -o "$RESULTS"
