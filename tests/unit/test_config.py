@@ -111,7 +111,8 @@ def test_the_full_size_native_run_is_the_native_config_with_the_launch_overrides
     full = load_config("native-full")
     old = load_config("native", ["train.steps=250", "train.save_every=5", "train.warmup_steps=10",
                                  "train.log_every=5", "eval.limit=1000",
-                                 "eval.conditionings=[hybrid,full]"])
+                                 "eval.conditionings=[hybrid,full]",
+                                 "runtime.dtype=auto"])  # it trained with runtime.dtype=bfloat16 on the command line
     assert full.name == "native-full" and dataclasses.replace(full, name=old.name) == old
 
 
