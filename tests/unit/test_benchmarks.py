@@ -132,7 +132,6 @@ def test_reconstruction_probe_of_a_checkpoint_has_own_and_shuffled_z(tmp_path):
         assert total == pytest.approx(sum(per_model), abs=2e-3)
 
 
-
 def test_decode_head_benchmark_gives_identical_answers_both_ways(tmp_path):
     data = _run("decode_head", tmp_path, "--examples", "3", "--tokens", "4")
     assert len(data["models"]) == 2

@@ -76,10 +76,10 @@ def native_variant_row(name: str, run_dir: Path, metrics: dict, predictions_path
     native, config = metrics["native"], metrics["run"]["config"]
     if not predictions_path.is_file():
         raise CompareError(f"{run_dir}: no {PREDICTIONS_FILE} beside {METRICS_FILE}; the paired differences need it")
+    rows = [json.loads(line) for line in predictions_path.read_text().splitlines() if line.strip()]
     per_example: dict[tuple[str, str], dict[str, float]] = {}
-    for line in predictions_path.read_text().splitlines():
-        row = json.loads(line) if line.strip() else None
-        if row and "conditioning" in row and row["mode"] in ("latent", "cross"):
+    for row in rows:
+        if "conditioning" in row and row["mode"] in ("latent", "cross"):  # baseline rows have no conditioning
             pair = (row["conditioning"], f"{row['sender']} -> {row['model']}")
             per_example.setdefault(pair, {})[row["id"]] = row["f1"]
     pairs = {}
