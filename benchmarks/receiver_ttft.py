@@ -1,7 +1,8 @@
-"""Receiver time-to-first-answer-token: from the interlingua (adapter + M soft tokens) vs from the full
+"""Receiver time-to-first-answer-token: from the interlingua (receiver head + soft tokens) vs from the full
 text prompt, same model, same examples: one request at a time, and batches of requests served together.
 
     python benchmarks/receiver_ttft.py --config embedded data.source=../shared/data/squad
+    python benchmarks/receiver_ttft.py --config native data.source=../shared/data/squad interlingua.pool_window=4
     python benchmarks/receiver_ttft.py --config tiny data.source=tests/assets/squad_mini --examples 4
 
 The receiver's work from a message is: soft prompt = adapter(z), then one prefill over
@@ -11,6 +12,13 @@ z carries the context alone and the prefill reads ``\nQuestion: …\nAnswer:`` a
 (chat template included where the model uses one), embed, prefill over all of its tokens, first greedy
 token. ``z`` itself comes from the sender and is not part of the receiver's time. The learned modules
 are freshly initialised (their cost does not depend on their training) unless --checkpoint is given.
+
+Native design (``interlingua.design=native``): z is T' vectors per message (T' ≈ sender tokens /
+``interlingua.pool_window``), and the receiver's work is its head (soft tokens from z, the vocabulary
+decoder's top-k search over the receiver's vocabulary included), then one prefill over the prompt
+template's head + the T' soft tokens + the question as text (hybrid) + the template's tail, as
+``answers_from_soft`` builds it, and the first greedy token. Fresh native modules are the fitted bridge
+at step 0 (``training.recipe.initial_model``; the fit is cached).
 
 Batched: the examples sorted by the length of what each path reads (the text prompt's tokens; the
 latent prefix's positions) and cut into batches of ``--batch-size``, each one left-padded prefill; every
@@ -26,13 +34,15 @@ import torch
 
 from common import config_of, parse_args, report, timed
 from interlingua.config import Conditioning
+from interlingua.data.prompts import question_suffix
 from interlingua.data.squad import load_squad
 from interlingua.eval.latent import conditioning_of, prompt_texts, sender_texts
 from interlingua.models.frozen_lm import Prefix
 from interlingua.models.interlingua import InterlinguaModel
+from interlingua.models.native import Latent
 from interlingua.models.system import Interlingua, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
-from interlingua.training.recipe import interlingua_spec
+from interlingua.training.recipe import initial_model
 
 
 def _first_tokens(lm, prefix) -> list[int]:
@@ -64,22 +74,38 @@ def main() -> None:
         model = InterlinguaModel.from_pretrained(args.checkpoint)
     else:
         torch.manual_seed(config.runtime.seed)
-        model = InterlinguaModel(interlingua_spec(config, lms, encoder))
-    system = Interlingua(model.to(device).eval(), lms, encoder)
+        model = initial_model(config, lms, encoder)  # native: the fitted bridge at step 0
+    system = Interlingua(model.to(device).eval(), lms, encoder)  # attaches the native receivers' vocabularies
     examples = load_squad("validation", config.data.source, args.examples, config.data.seed)
     texts, sent = prompt_texts(system, examples, config), sender_texts(system, examples, config)
     conditioning = conditioning_of(system)
     hybrid = conditioning == Conditioning.HYBRID
+    shape = system.model.spec.interlingua
+    window = (shape.pool_size or "all") if system.is_native else None
     rows = []
     data = {"config": config.name, "examples": len(examples), "batch_size": args.batch_size,
-            "conditioning": conditioning.value, "models": {}}
+            "conditioning": conditioning.value, "design": shape.design.value, "models": {}}
     with torch.no_grad():
         for key, lm in lms.items():
-            zs = system.encode_z(key, sent)  # the messages (sender side, not timed)
+            if system.is_native:
+                # the messages, one (T'_i, d_inter) z each on the receiver's device (sender side, not timed)
+                zs = [row.to(system.device) for row in system.encode_rows(key, sent)]
 
-            def latent_prefix(indices: list[int]):
-                questions = [examples[i].question for i in indices] if hybrid else None
-                return lm.soft_prefix(system.soft_prompt(key, zs[indices]), questions=questions)
+                def latent_prefix(indices: list[int]):
+                    # the receiver head (its vocabulary search included), then the prefix of answers_from_soft
+                    soft = system.soft_prompt(key, Latent.from_rows([zs[i] for i in indices]))
+                    tails = [question_suffix(examples[i].question) if hybrid else "" for i in indices]
+                    return lm.soft_tokens_prefix(soft.embeddings, soft.mask, tails)
+
+                soft_tokens = [len(z) for z in zs]
+            else:
+                zs = system.encode_z(key, sent)  # the messages (sender side, not timed)
+
+                def latent_prefix(indices: list[int]):
+                    questions = [examples[i].question for i in indices] if hybrid else None
+                    return lm.soft_prefix(system.soft_prompt(key, zs[indices]), questions=questions)
+
+                soft_tokens = [system.soft_prompt(key, zs[:1]).shape[1]] * len(texts)
 
             def text_prefix(indices: list[int]):
                 return lm.ids_prefix([lm.prompt_token_ids(texts[i]) for i in indices])
@@ -112,17 +138,23 @@ def main() -> None:
                 same_tokens[path] = sum(tokens[j] == alone[path][i][1][0] for batch, (_, tokens) in together
                                         for j, i in enumerate(batch))
             positions = sum(latent_positions) / len(latent_positions)
+            soft_mean = sum(soft_tokens) / len(soft_tokens)
             data["models"][key] = {
                 "median_ttft_s": single, "speedup": single["text"] / single["latent"],
                 "median_paired_speedup": paired,
                 "one_position_prefill_s": floor, "speedup_bound": single["text"] / floor,
                 "batched_mean_ttft_s": batched, "batched_speedup": batched["text"] / batched["latent"],
                 "batched_same_first_token": same_tokens,
-                "receiver_positions": {"latent": positions, "text_mean": sum(text_tokens) / len(text_tokens)},
+                "receiver_positions": {"latent": positions, "soft_tokens": soft_mean,
+                                       "text_mean": sum(text_tokens) / len(text_tokens)},
             }
+            if system.is_native:
+                data["models"][key]["pool_window"] = window
             rows += [
                 (f"{key} latent", f"{single['latent'] * 1e3:.1f} ms  "
-                                  f"({positions:.0f} positions{' mean' if hybrid else ''})"),
+                                  f"({positions:.0f} positions{' mean' if hybrid or system.is_native else ''}, "
+                                  f"{soft_mean:.0f} soft tokens"
+                                  f"{f' mean, pool_window={window}' if system.is_native else ''})"),
                 (f"{key} text", f"{single['text'] * 1e3:.1f} ms  "
                                 f"({sum(text_tokens) / len(text_tokens):.0f} tokens mean)"),
                 (f"{key} speedup", f"{single['text'] / single['latent']:.2f}x  "

@@ -9,6 +9,8 @@
 # Resumable: a variant whose evaluation is written is skipped, a stopped one resumes from its checkpoint.
 # VARIANTS="default no-kd" runs a subset (in the order given). The text baselines are computed once, by
 # the first variant, and every later one reuses them (checked to match); BASELINES=DIR reuses DIR instead.
+# EVAL_LIMIT=1000 then re-evaluates every variant's last checkpoint on that many validation examples
+# (into <variant>/eval-n1000, resumable pass by pass) and compares those instead of the 100-example ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/native-loss-ablation}
@@ -16,6 +18,7 @@ RESULTS=${2:-results/native-loss-ablation}
 shift $(( $# < 2 ? $# : 2 ))
 IL=${IL:-.venv/bin/interlingua}
 BASELINES=${BASELINES:-}
+EVAL_LIMIT=${EVAL_LIMIT:-}
 
 declare -A CHANGE=(
   [default]=""                  # CE 1 + KD 0.3 + align 0.5 (configs/native.yaml)
@@ -43,4 +46,20 @@ for name in "${ORDER[@]}"; do
   BASELINES=${BASELINES:-$(dirname "$evaluated")}
   compared+=("$name=$dir")
 done
-"$IL" compare "${compared[@]}" -o "$RESULTS"
+if [ -n "$EVAL_LIMIT" ]; then
+  large_baselines=""
+  for name in "${ORDER[@]}"; do
+    dir="$OUT/$name"
+    large="$dir/eval-n$EVAL_LIMIT"
+    if [ ! -f "$large/metrics.json" ]; then
+      extra=()
+      [ -n "$large_baselines" ] && extra+=(--baselines "$large_baselines")
+      echo "== $name: last checkpoint on $EVAL_LIMIT examples"
+      "$IL" eval --checkpoint "$dir/$(cat "$dir/latest")" --limit "$EVAL_LIMIT" -o "$large" "${extra[@]}" "$@"
+    fi
+    large_baselines=${large_baselines:-$large}
+  done
+  "$IL" compare "${compared[@]}" -o "$RESULTS" --eval-dir "eval-n$EVAL_LIMIT"
+else
+  "$IL" compare "${compared[@]}" -o "$RESULTS"
+fi

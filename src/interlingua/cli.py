@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR", help="a label and a run folder (or its copy in results/)")
     p.add_argument("--output-dir", "-o", required=True,
                    help="folder for ablation.md, ablation.json, ablation_curves.png")
+    p.add_argument("--eval-dir", default="eval",
+                   help="the evaluation folder inside every run (default eval; e.g. eval-n1000, what "
+                        "`interlingua eval --limit 1000 -o RUN/eval-n1000` wrote)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("config", help="print the resolved config as YAML")
@@ -164,7 +167,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not sep or not name or not directory:
             raise CompareError(f"{item!r} is not NAME=RUN_DIR (e.g. seed=results/embedded-seed-s250)")
         runs[name] = directory
-    print(compare_runs(runs, args.output_dir))
+    print(compare_runs(runs, args.output_dir, eval_dir=args.eval_dir))
     return 0
 
 

@@ -44,6 +44,25 @@ def test_receiver_ttft_benchmark(tmp_path):
         assert hybrid["models"][key]["receiver_positions"]["latent"] > model["receiver_positions"]["latent"]
 
 
+def test_receiver_ttft_benchmark_on_the_native_design(tmp_path):
+    """Native: the receiver head + one prefill over T' soft tokens; pool_window=2 halves T'."""
+    args = ("--examples", "3", "--batch-size", "2", "interlingua.design=native")
+    runs = {window: _run("receiver_ttft", tmp_path, *args, f"interlingua.pool_window={window}") for window in (1, 2)}
+    assert all(data["design"] == "native" for data in runs.values())
+    for key, model in runs[1]["models"].items():
+        pooled = runs[2]["models"][key]
+        assert (model["pool_window"], pooled["pool_window"]) == (1, 2)
+        for data in (model, pooled):
+            assert {"latent", "soft_tokens", "text_mean"} <= set(data["receiver_positions"])
+            assert min(data["speedup"], data["median_paired_speedup"], data["batched_speedup"]) > 0
+            assert data["batched_same_first_token"] == {"latent": 3, "text": 3}  # left padding changes no answer
+        full, half = model["receiver_positions"], pooled["receiver_positions"]
+        assert full["soft_tokens"] / 2 <= half["soft_tokens"] <= full["soft_tokens"] / 2 + 1  # ceil(T / 2) each
+        # the template's head and tail around the soft tokens are the same: the prefix shrinks by the soft tokens
+        assert full["latent"] - half["latent"] == pytest.approx(full["soft_tokens"] - half["soft_tokens"])
+        assert full["text_mean"] == half["text_mean"]
+
+
 def test_eval_throughput_benchmark(tmp_path):
     data = _run("eval_throughput", tmp_path, "--examples", "4", "--batch-size", "4")
     assert all(model["same_answers"] == 4 for model in data["models"].values())

@@ -104,3 +104,19 @@ def test_native_rows_are_per_pair_with_the_paired_difference_from_the_first_vari
 def test_native_and_pooled_runs_are_not_mixed_in_one_table(native_runs, finished_runs, tmp_path):
     with pytest.raises(CompareError, match="native runs with native runs only"):
         compare_runs({"native": native_runs / "all", "pooled": finished_runs / "a"}, tmp_path / "o")
+
+
+def test_compare_reads_a_later_evaluation_folder_inside_each_run(native_runs, tmp_path):
+    """`interlingua eval --limit N -o RUN/eval-nN` then `compare --eval-dir eval-nN` (the n = 1000 ablation)."""
+    runs = {}
+    for name in ("all", "no-kd"):
+        copy = tmp_path / name
+        shutil.copytree(native_runs / name, copy)
+        shutil.move(str(next((copy / "eval").glob("step_*"))), str(copy / "eval-n4"))
+        shutil.rmtree(copy / "eval")
+        runs[name] = copy
+    with pytest.raises(CompareError, match="eval/metrics.json"):
+        compare_runs(runs, tmp_path / "o")
+    assert main(["compare", *(f"{k}={v}" for k, v in runs.items()), "--eval-dir", "eval-n4",
+                 "-o", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "ablation.md").read_text().count("| no-kd |") == 4

@@ -381,11 +381,11 @@ def test_publish_script_copies_the_passes_and_writes_their_table(tmp_path, monke
     assert "| hybrid | tiny-llama -> tiny-gemma | 1 | 100.0 | 0.0 | 100.0 | 50.0 | 200 % |" in table
 
 
-def test_the_compression_sweep_refuses_a_native_base(tmp_path):
+def test_a_native_sweep_base_needs_the_uncompressed_checkpoint_to_start_from(tmp_path):
     from interlingua.sweep.grid import load_sweep, plan_sweep
 
-    sweep = load_sweep("tiny", ["base.interlingua.design=native"])
-    with pytest.raises(ConfigError, match="design=native"):
+    sweep = load_sweep("tiny", ["base.interlingua.design=native", "grid.num_slots=null"])
+    with pytest.raises(ConfigError, match="base.train.init_from"):
         plan_sweep(sweep, tmp_path)
 
 

@@ -80,8 +80,13 @@ def test_the_compression_sweep_is_the_issue_grid_with_one_training_per_shape(tmp
 
 
 def test_every_shipped_sweep_loads_and_plans(tmp_path):
+    """Native sweeps plan only once the checkpoint they start from exists (test_sweep_native plans them)."""
     for path in sorted(SWEEPS.glob("*.yaml")):
         sweep = load_sweep(str(path), EXTRA)
+        if sweep.run_config().interlingua.design.value == "native":
+            with pytest.raises(ConfigError, match="base.train.init_from"):
+                plan_sweep(load_sweep(str(path), [*EXTRA, f"base.train.init_from={tmp_path / 'none'}"]), tmp_path)
+            continue
         assert plan_sweep(sweep, tmp_path / path.stem).cells, path.name
 
 
@@ -145,7 +150,7 @@ def test_bad_sweep_overrides_and_missing_files_are_refused():
         load_sweep(TINY_SWEEP, ["grid.bits=[4]"])
     with pytest.raises(ConfigError, match="train.steps must be positive"):
         load_sweep(TINY_SWEEP, ["base.train.steps=0"])
-    with pytest.raises(ConfigError, match="shipped sweeps: compression, tiny"):
+    with pytest.raises(ConfigError, match="shipped sweeps: compression, native, native-tiny, tiny"):
         load_sweep("no-such-sweep")
 
 

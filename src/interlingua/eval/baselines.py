@@ -53,6 +53,12 @@ def evaluate_text_mode(
     for example in examples:
         prompt = baseline_prompt(lm, example, mode, config)
         cases.append(PromptCase(example, prompt, lm.prompt_token_ids(prompt.text)))
+    return evaluate_cases(lm, cases, mode, config, progress)
+
+
+def evaluate_cases(lm: FrozenLM, cases: Sequence[PromptCase], mode: str, config: Config,
+                   progress: bool = True) -> list[dict]:
+    """Greedy answers of ``lm`` to prepared text prompts, one row per case (``mode`` labels the rows)."""
 
     def generate(batch: list[PromptCase]) -> list[str]:
         return lm.generate(lm.ids_prefix([c.token_ids for c in batch]), config.eval.max_new_tokens)

@@ -24,18 +24,21 @@ from interlingua.errors import CompareError
 from interlingua.eval.latent import changed_by_shuffle
 
 
-def eval_metrics_path(run_dir: Path) -> Path:
-    """The newest ``metrics.json`` of a run's evaluation (``eval/metrics.json`` or ``eval/step_N/metrics.json``)."""
+def eval_metrics_path(run_dir: Path, eval_dir: str = "eval") -> Path:
+    """The newest ``metrics.json`` of a run's evaluation (``<eval_dir>/metrics.json`` or
+    ``<eval_dir>/step_N/metrics.json``)."""
     run_dir = Path(run_dir)
-    candidates = sorted(run_dir.glob(f"eval/step_*/{METRICS_FILE}")) or sorted(run_dir.glob(f"eval/{METRICS_FILE}"))
+    candidates = (sorted(run_dir.glob(f"{eval_dir}/step_*/{METRICS_FILE}"))
+                  or sorted(run_dir.glob(f"{eval_dir}/{METRICS_FILE}")))
     if not candidates:
-        raise CompareError(f"{run_dir}: no eval/{METRICS_FILE} or eval/step_*/{METRICS_FILE}; has the run finished?")
+        raise CompareError(f"{run_dir}: no {eval_dir}/{METRICS_FILE} or {eval_dir}/step_*/{METRICS_FILE}; "
+                           "has the run finished? (--eval-dir names another evaluation folder inside it)")
     return candidates[-1]
 
 
-def variant_row(name: str, run_dir: Path) -> dict:
+def variant_row(name: str, run_dir: Path, eval_dir: str = "eval") -> dict:
     """One row of the ablation table from a run folder."""
-    metrics_path = eval_metrics_path(run_dir)
+    metrics_path = eval_metrics_path(run_dir, eval_dir)
     metrics = json.loads(metrics_path.read_text())
     if "native" in metrics:
         return native_variant_row(name, run_dir, metrics, metrics_path.parent / PREDICTIONS_FILE)
@@ -196,11 +199,12 @@ def plot_ablation_curves(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def compare_runs(runs: dict[str, Path], output_dir: Path) -> Path:
-    """Write ``ablation.md``, ``ablation.json`` and ``ablation_curves.png`` for ``runs`` (name -> folder)."""
+def compare_runs(runs: dict[str, Path], output_dir: Path, eval_dir: str = "eval") -> Path:
+    """Write ``ablation.md``, ``ablation.json`` and ``ablation_curves.png`` for ``runs`` (name -> folder),
+    reading each run's evaluation from ``eval_dir`` inside it."""
     if not runs:
         raise CompareError("give at least one NAME=RUN_DIR")
-    rows = [variant_row(name, Path(directory)) for name, directory in runs.items()]
+    rows = [variant_row(name, Path(directory), eval_dir) for name, directory in runs.items()]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "ablation.md").write_text(ablation_table(rows))

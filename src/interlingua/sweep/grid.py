@@ -10,6 +10,10 @@ A sweep file's ``base:`` is the run every cell starts from, written as a config 
 plus nested keys of the run); ``base.KEY=VALUE`` overrides reach it, every other key is the sweep's own.
 Cells that share ``(d_inter, num_slots)`` share one training run (post-training quantisation); with
 ``qat: true`` every cell trains its own, quantisation-aware at its precision and group size.
+
+A base of the native design (DESIGN §8) sweeps ``pool_window x d_inter x precision`` instead
+(:class:`NativeCell`): every shape trains from ``base.train.init_from`` (the uncompressed checkpoint),
+and a shape equal to that checkpoint's is evaluated as it is, untrained further.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from interlingua.config import (
 GRID_KEYS = {
     "d_inter": "interlingua.d_inter",
     "num_slots": "interlingua.num_slots",
+    "pool_window": "interlingua.pool_window",
     "precision": "compression.precision",
     "group_size": "compression.group_size",
 }
-"""Grid knob -> the run-config key it sets. ``d_inter`` and ``num_slots`` change the trained shape."""
+"""Grid knob -> the run-config key it sets. ``d_inter``, ``num_slots`` and ``pool_window`` change the trained shape;
+``num_slots`` belongs to the pooled designs, ``pool_window`` to the native one."""
 REFERENCE_CELL = {"d_inter": 512, "num_slots": 32, "precision": Precision.FP16}
 """The message every cell's size is compared with: the seed's shape sent as fp16."""
 TRAIN_SUBDIR = "train"
@@ -65,6 +71,9 @@ class SweepGrid:
     """Widths of the shared space (``interlingua.d_inter``); each value trains its own checkpoint."""
     num_slots: Optional[List[Any]] = None
     """M, soft tokens per adapter (``interlingua.num_slots``); each value trains its own checkpoint."""
+    pool_window: Optional[List[Any]] = None
+    """Native design: consecutive z vectors pooled into one (``interlingua.pool_window``), so a message has
+    ceil(T / k) positions; each value trains its own checkpoint."""
     precision: Optional[List[Any]] = None
     """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4."""
     group_size: Optional[List[Any]] = None
@@ -102,6 +111,9 @@ class SweepConfig:
     baselines: Optional[str] = None
     """Folder of an earlier ``interlingua baselines`` / ``eval`` run to take the references from (checked:
     same examples, models and settings); null = compute them into <sweep folder>/baselines."""
+    ttft: Optional[str] = None
+    """Native sweeps: a folder of ``benchmarks/receiver_ttft.py --json`` outputs (one per pool_window, e.g.
+    from scripts/native_ttft.sh): each cell's receiver time-to-first-token speedup over the text prompt."""
 
     def __post_init__(self) -> None:
         if not str(self.base.get(EXTENDS_KEY) or "").strip() and "models" not in self.base:
@@ -146,7 +158,8 @@ def _grid_values(key: str, values: Any) -> list:
 
 
 def _example(key: str) -> str:
-    return "fp16, int8, int4" if key == "precision" else {"d_inter": "512, 256", "num_slots": "32, 16"}.get(key, "32")
+    examples = {"d_inter": "512, 256", "num_slots": "32, 16", "pool_window": "1, 4, 16"}
+    return "fp16, int8, int4" if key == "precision" else examples.get(key, "32")
 
 
 def find_sweep_file(name_or_path: str) -> Path:
@@ -253,12 +266,9 @@ def _first_line(err: Exception) -> str:
 
 
 # ---- cells ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid."""
+class _WireCell:
+    """What every cell has besides its shape: the wire precision and group size, and its names."""
 
-    d_inter: int
-    num_slots: int
     precision: Precision
     group_size: int
     """Values per scale; only meaningful for int8 / int4 (float precisions have no scales)."""
@@ -269,29 +279,75 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """File-name form: ``d512_m32_int4_g32`` (no group for float precisions)."""
+        """File-name form: the shape, then the precision and (int8 / int4) the group: ``d512_m32_int4_g32``."""
         group = f"_g{self.group_size}" if self.quantised else ""
-        return f"d{self.d_inter}_m{self.num_slots}_{self.precision.value}{group}"
+        return f"{self.shape_name}_{self.precision.value}{group}"
 
     @property
     def label(self) -> str:
         group = f" group {self.group_size}" if self.quantised else ""
-        return f"d_inter={self.d_inter} M={self.num_slots} {self.precision.value}{group}"
+        return f"{self.shape_label} {self.precision.value}{group}"
 
     def as_dict(self) -> dict:
-        return {"d_inter": self.d_inter, "num_slots": self.num_slots, "precision": self.precision.value,
+        return {**self.shape, "precision": self.precision.value,
                 "group_size": self.group_size if self.quantised else None}
+
+
+@dataclass(frozen=True)
+class Cell(_WireCell):
+    """One point of the grid of a pooled design: z is ``(num_slots, d_inter)`` (or ``(d_inter,)``)."""
+
+    d_inter: int
+    num_slots: int
+    precision: Precision
+    group_size: int
+
+    @property
+    def shape(self) -> dict:
+        return {"d_inter": self.d_inter, "num_slots": self.num_slots}
+
+    @property
+    def shape_name(self) -> str:
+        return f"d{self.d_inter}_m{self.num_slots}"
+
+    @property
+    def shape_label(self) -> str:
+        return f"d_inter={self.d_inter} M={self.num_slots}"
+
+
+@dataclass(frozen=True)
+class NativeCell(_WireCell):
+    """One point of a native sweep: the message is ``(ceil(T / pool_window), d_inter)`` at ``precision``."""
+
+    d_inter: int
+    pool_window: int
+    precision: Precision
+    group_size: int
+
+    @property
+    def shape(self) -> dict:
+        return {"d_inter": self.d_inter, "pool_window": self.pool_window}
+
+    @property
+    def shape_name(self) -> str:
+        return f"k{self.pool_window}_d{self.d_inter}"
+
+    @property
+    def shape_label(self) -> str:
+        return f"pool_window={self.pool_window} d_inter={self.d_inter}"
 
 
 @dataclass(frozen=True)
 class PlannedCell:
     """A cell and everything needed to compute it."""
 
-    cell: Cell
+    cell: Cell | NativeCell
     train_dir: Path
     """Training run folder, shared by all cells of one shape unless the sweep trains with QAT."""
     train_config: Config
     eval_config: Config
+    fixed_checkpoint: Optional[Path] = None
+    """Evaluate this checkpoint instead of training (native: the shape of ``train.init_from`` itself)."""
 
 
 @dataclass(frozen=True)
@@ -300,9 +356,14 @@ class SweepPlan:
     base_config: Config
     """The base run config (provenance of the tables)."""
     reference_shape: tuple[int, ...]
-    """Shape of the reference message's z (:data:`REFERENCE_CELL` under the base's pooling)."""
+    """Shape of the reference message's z (:data:`REFERENCE_CELL` under the base's pooling); native: ``(-1,
+    d_inter)``, T' varies per message, so native cells are compared with the text each message replaces."""
     references_config: Config
     """What the text references are run with: the base run config (its ``eval.limit`` is the cells')."""
+
+    @property
+    def native(self) -> bool:
+        return self.base_config.interlingua.design.value == "native"
 
 
 def z_shape(d_inter: int, num_slots: int, pooling: Pooling) -> tuple[int, ...]:
@@ -317,7 +378,7 @@ def expand_grid(sweep: SweepConfig, base: Config) -> list[Cell]:
         "d_inter": [base.interlingua.d_inter], "num_slots": [base.interlingua.num_slots],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    values = [sweep.grid.knobs().get(key, defaults[key]) for key in GRID_KEYS]
+    values = [sweep.grid.knobs().get(key, defaults[key]) for key in defaults]  # Cell's field order
     cells = [Cell(*combination) for combination in itertools.product(*values)]
     # Float precisions ignore group_size: one cell each, not one per group size.
     unique = {(c.d_inter, c.num_slots, c.precision, c.group_size if c.quantised else None): c for c in cells}
@@ -336,15 +397,15 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     """
     base = sweep.run_config()
     if base.interlingua.design.value == "native":
-        raise ConfigError(
-            f"sweep base {sweep.base_name!r} uses interlingua.design=native, which the compression sweep (d_inter x M "
-            "x precision of the pooled design) does not cover yet; use a pooled base such as embedded"
-        )
+        return plan_native_sweep(sweep, base, output_dir)
+    if sweep.grid.pool_window is not None:
+        raise ConfigError(f"grid.pool_window is a knob of the native design; sweep base {sweep.base_name!r} is "
+                          f"{base.interlingua.design.value} (its knob is grid.num_slots)")
     planned = []
     for cell in expand_grid(sweep, base):
         shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.num_slots={cell.num_slots}"]
         wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
-        run_name = cell.name if sweep.qat else f"d{cell.d_inter}_m{cell.num_slots}"
+        run_name = cell.name if sweep.qat else cell.shape_name
         train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
         # Post-training quantisation: the training run does not depend on the wire settings.
         training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
@@ -362,3 +423,55 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config
     except ConfigError as err:
         raise ConfigError(f"sweep cell {cell.label}: {err}") from None
 
+
+
+def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
+    """Every native cell, shapes ``(pool_window, d_inter)`` outermost; a knob left out takes the base's value."""
+    if base.interlingua.pool_size is None:
+        raise ConfigError("a native sweep needs a numeric base interlingua.pool_window (1 = uncompressed), not 'all'")
+    defaults = {
+        "pool_window": [base.interlingua.pool_size], "d_inter": [base.interlingua.d_inter],
+        "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
+    }
+    knobs = sweep.grid.knobs()
+    values = [knobs.get(key, defaults[key]) for key in ("pool_window", "d_inter", "precision", "group_size")]
+    cells = [NativeCell(d_inter=d, pool_window=k, precision=p, group_size=g)
+             for k, d, p, g in itertools.product(*values)]
+    unique = {(c.pool_window, c.d_inter, c.precision, c.group_size if c.quantised else None): c for c in cells}
+    return list(unique.values())
+
+
+def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> SweepPlan:
+    """The cells of a native base (:func:`plan_sweep`): each shape trains from ``base.train.init_from``, the
+    uncompressed checkpoint, except the shape that checkpoint already has, which is evaluated as it is.
+
+    Raises:
+        ConfigError: ``grid.num_slots`` (the pooled designs' knob), no ``base.train.init_from``, or a cell
+            whose config is invalid.
+    """
+    from interlingua.models.interlingua import read_spec
+
+    if sweep.grid.num_slots is not None:
+        raise ConfigError("grid.num_slots is a knob of the pooled designs; a native sweep shortens a message with "
+                          "grid.pool_window (and narrows it with grid.d_inter)")
+    if not base.train.init_from:
+        raise ConfigError("a native sweep trains every compressed shape from the uncompressed checkpoint: set "
+                          "base.train.init_from=RUN/step_N (e.g. the checkpoint of `interlingua run --config native`)")
+    start = Path(base.train.init_from)
+    try:
+        start_spec = read_spec(start).interlingua
+    except Exception as err:  # CheckpointError and friends: say which key pointed there
+        raise ConfigError(f"base.train.init_from={start}: {err}") from None
+    start_shape = (str(start_spec.pool_window), start_spec.d_inter)
+    planned = []
+    for cell in expand_native_grid(sweep, base):
+        shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.pool_window={cell.pool_window}"]
+        wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
+        run_name = cell.name if sweep.qat else cell.shape_name
+        train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
+        training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
+        training.append(f"runtime.output_dir={train_dir}")
+        fixed = start if (str(cell.pool_window), cell.d_inter) == start_shape and not sweep.qat else None
+        planned.append(PlannedCell(cell, train_dir, _cell_config(sweep, training, cell),
+                                   _cell_config(sweep, training + wire, cell), fixed_checkpoint=fixed))
+    return SweepPlan(planned, base, (-1, base.interlingua.d_inter), base)

@@ -10,8 +10,10 @@ Layout of the sweep folder::
     train/d512_m32/           one training run per shape (per cell with qat: true): step_*/, metrics.jsonl, ...
     cells/<cell>.json         the cell's result (config, scores, message bytes), written last and atomically
     cells/<cell>.predictions.jsonl
+    cells/<cell>.passes/      native: each finished (sender, receiver) pass of an unfinished cell
     baselines/                the text references (``references.py``), unless taken from ``baselines: DIR``
-    table.md  table.csv  table.json  pareto.png
+    window_budget/            native: the text cut to each pool_window's receiver positions (``native.py``)
+    table.md  table.csv  table.json  pareto.png   (native: frontier.png, F1 against bytes and positions)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from interlingua.models.system import Interlingua, load_checkpoint, load_frozen_
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.settings import Artifact, settings_differences
 from interlingua.sweep.grid import PlannedCell, SweepConfig, plan_sweep
+from interlingua.sweep.native import evaluate_native_cell, window_budget_references, write_cell
+from interlingua.sweep.native_report import NATIVE_PLOT, native_cell_line, ttft_speedups, write_native_report
 from interlingua.sweep.pareto import plot_pareto
 from interlingua.sweep.progress import Timing, format_duration
 from interlingua.sweep.references import text_references
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CELLS_SUBDIR = "cells"
 BASELINES_SUBDIR = "baselines"
+WINDOW_BUDGET_SUBDIR = "window_budget"
 PARETO_PLOT = "pareto.png"
 
 
@@ -69,17 +74,27 @@ def run_sweep(
     plan = plan_sweep(sweep, out)
     evaluator = _Evaluator(progress)
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
-    reference_bytes = message_size(plan.reference_shape, "fp16", 0)
+    reference_bytes = None if plan.native else message_size(plan.reference_shape, "fp16", 0)  # native: per message
 
-    references = None
+    references, window_budget = None, None
     if sweep.references:
         config = plan.references_config
         lms = evaluator.frozen_models(config, resolve_device(config.runtime.device))[0]
         folder = Path(sweep.baselines) if sweep.baselines else out / BASELINES_SUBDIR
         references = text_references(config, evaluator.validation(config), lms, folder, named=bool(sweep.baselines),
                                      progress=progress, echo=echo)
+        if plan.native:
+            windows = sorted({p.cell.pool_window for p in plan.cells})
+            window_budget = window_budget_references(config, evaluator.validation(config), lms, windows,
+                                                     out / WINDOW_BUDGET_SUBDIR, progress, echo)
+
+    ttft = ttft_speedups(Path(sweep.ttft)) if plan.native and sweep.ttft else None
 
     def write_report(results: list[dict]) -> None:
+        if plan.native:
+            write_native_report(results, out, provenance, planned=len(plan.cells), references=references,
+                                window_budget=window_budget, ttft=ttft)
+            return
         rows = cell_rows(results, reference_bytes)
         write_tables(rows, out, provenance, planned=len(plan.cells), references=references)
         plot_pareto(rows, out / PARETO_PLOT, references=references)
@@ -103,16 +118,20 @@ def run_sweep(
         echo(f"{prefix}: evaluating {planned.eval_config.eval.limit or 'all'} validation examples")
         result = evaluator(planned, checkpoint, path)
         timing.evaluations.append(result["evaluate_seconds"])
-        scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
+        if plan.native:
+            summary = native_cell_line(result)
+        else:
+            scores = ", ".join(f"{model} F1 {s['f1']:.1f}" for model, s in result["scores"].items())
+            summary = f"{scores}; {result['message']['bytes']} bytes per message"
         left = [p for p in plan.cells[index:] if not (out / CELLS_SUBDIR / f"{p.cell.name}.json").is_file()]
         steps_left = [_steps_to_train(p) for p in {p.train_dir: p for p in left}.values()]
-        echo(f"{prefix}: {scores}; {result['message']['bytes']} bytes per message; "
+        echo(f"{prefix}: {summary}; "
              f"evaluated in {format_duration(timing.evaluations[-1])}{timing.outlook(steps_left, len(left))}")
         results.append(result)
         if len(results) < len(plan.cells):
             write_report(results)  # the table and plot so far, labelled partial: hours of work show as they go
     write_report(results)
-    echo(f"wrote {out}/table.md, table.csv, table.json and {PARETO_PLOT}")
+    echo(f"wrote {out}/table.md, table.csv, table.json and {NATIVE_PLOT if plan.native else PARETO_PLOT}")
     return out
 
 
@@ -120,7 +139,7 @@ def sweep_to_dict(sweep: SweepConfig) -> dict:
     """The sweep as plain JSON values, as a sweep file writes it (precisions as strings)."""
     grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.knobs().items()}
     return {"base": _plain(sweep.base), "grid": grid, "qat": sweep.qat, "output_dir": sweep.output_dir,
-            "references": sweep.references, "baselines": sweep.baselines}
+            "references": sweep.references, "baselines": sweep.baselines, "ttft": sweep.ttft}
 
 
 def _plain(node):
@@ -152,7 +171,9 @@ def _final_checkpoint(planned: PlannedCell) -> Path:
 
 
 def _steps_to_train(planned: PlannedCell) -> int:
-    """Optimizer steps the cell's training run still needs (0 when finished)."""
+    """Optimizer steps the cell's training run still needs (0 when finished or not trained in the sweep)."""
+    if planned.fixed_checkpoint is not None:
+        return 0
     latest = latest_checkpoint(planned.train_dir)
     done = read_trainer_state(latest)["step"] if latest else 0
     return total_steps(planned.train_config) - done
@@ -164,6 +185,8 @@ def _trained_checkpoint(
     """The final checkpoint of the cell's training run: reused when finished (and trained with the same
     settings), else trained, continuing from the latest checkpoint of an interrupted run
     (``before_training`` runs first, e.g. to free the evaluator's frozen models)."""
+    if planned.fixed_checkpoint is not None:
+        return planned.fixed_checkpoint
     config, run_dir = planned.train_config, planned.train_dir
     final = _final_checkpoint(planned)
     if final.is_dir():  # checkpoint folders appear complete or not at all (renamed into place)
@@ -175,7 +198,9 @@ def _trained_checkpoint(
             )
         return final
     latest = latest_checkpoint(run_dir)
-    shape = f"d_inter={config.interlingua.d_inter} M={config.interlingua.num_slots}"
+    shape = (f"pool_window={config.interlingua.pool_window} d_inter={config.interlingua.d_inter}"
+             if config.interlingua.design.value == "native"
+             else f"d_inter={config.interlingua.d_inter} M={config.interlingua.num_slots}")
     echo(f"training {shape}, {total_steps(config)} steps" + (f", resuming from {latest.name}" if latest else ""))
     before_training()
     return train(config, run_dir, resume=latest is not None, progress=progress)
@@ -197,6 +222,12 @@ class _Evaluator:
         info = run_info(config, "sweep")
         system = Interlingua(model, *self.frozen_models(config, device), config)
         examples = self.validation(config)
+        if system.is_native:
+            rows, result = evaluate_native_cell(system, examples, planned, checkpoint, path.with_suffix(".passes"),
+                                                self.progress)
+            result["evaluate_seconds"] = round(time.monotonic() - started, 1)
+            write_cell(path, rows, result)
+            return result
         rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress, sent=self._sent)
         cell = planned.cell
         precision, group_size = cell.precision, cell.group_size if cell.quantised else 0

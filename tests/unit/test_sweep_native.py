@@ -1,0 +1,175 @@
+"""The native compression sweep (issue #17): pool_window x d_inter x precision on the native interlingua,
+every shape trained from the uncompressed checkpoint, every pair beside its own shuffled-z row, the
+token budget cut to each cell's receiver positions; configs/sweeps/native-tiny.yaml end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from interlingua.config import ConfigError, Precision, load_config
+from interlingua.data.squad import load_squad
+from interlingua.models.system import load_frozen_models
+from interlingua.runtime import frozen_dtype, resolve_device
+from interlingua.sweep import load_sweep, plan_sweep, run_sweep, runner
+from interlingua.sweep.native import window_budget_cases
+from interlingua.sweep.native_report import flat_native_table
+from interlingua.training.recipe import train
+from tests.conftest import REPO_ROOT, SQUAD_MINI
+
+NATIVE_TINY = str(REPO_ROOT / "configs" / "sweeps" / "native-tiny.yaml")
+PAIRS = {f"{a} -> {b}" for a in ("tiny-llama", "tiny-qwen2") for b in ("tiny-llama", "tiny-qwen2")}
+
+
+@pytest.fixture(scope="module")
+def uncompressed(tmp_path_factory):
+    """A 2-step tiny native checkpoint at pool_window 1, d_inter 32: what every shape starts from."""
+    out = tmp_path_factory.mktemp("native-start")
+    config = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_inter=32",
+                                  "train.steps=2", "train.save_every=1", f"runtime.output_dir={out}"])
+    return train(config, out, progress=False)
+
+
+def native_sweep(start, *overrides):
+    return load_sweep(NATIVE_TINY, [f"base.data.source={SQUAD_MINI}", f"base.train.init_from={start}", *overrides])
+
+
+def test_every_shape_trains_from_the_uncompressed_checkpoint_except_its_own(uncompressed, tmp_path):
+    plan = plan_sweep(native_sweep(uncompressed), tmp_path)
+    assert plan.native and len(plan.cells) == 8
+    shapes = {(p.cell.pool_window, p.cell.d_inter) for p in plan.cells}
+    assert shapes == {(1, 32), (1, 16), (2, 32), (2, 16)}
+    for planned in plan.cells:
+        assert planned.train_config.train.init_from == str(uncompressed)
+        assert planned.train_config.interlingua.pool_window == str(planned.cell.pool_window)
+        assert planned.eval_config.compression.precision == planned.cell.precision
+        own_shape = (planned.cell.pool_window, planned.cell.d_inter) == (1, 32)
+        assert (planned.fixed_checkpoint == uncompressed) == own_shape
+    assert len({p.train_dir for p in plan.cells if p.fixed_checkpoint is None}) == 3  # one training per shape
+    assert {p.cell.name for p in plan.cells} >= {"k1_d32_fp16", "k2_d16_int4_g32"}
+
+
+def test_a_native_sweep_is_refused_without_a_start_or_with_the_pooled_knob(uncompressed, tmp_path):
+    with pytest.raises(ConfigError, match="base.train.init_from"):
+        plan_sweep(load_sweep(NATIVE_TINY, [f"base.data.source={SQUAD_MINI}"]), tmp_path)
+    with pytest.raises(ConfigError, match="base.train.init_from=.*missing"):
+        plan_sweep(native_sweep(tmp_path / "missing"), tmp_path)
+    with pytest.raises(ConfigError, match="grid.num_slots is a knob of the pooled designs"):
+        plan_sweep(native_sweep(uncompressed, "grid.num_slots=[4,2]"), tmp_path)
+    pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.pool_window=[1,2]"])
+    with pytest.raises(ConfigError, match="grid.pool_window is a knob of the native design"):
+        plan_sweep(pooled, tmp_path)
+
+
+def test_the_token_budget_keeps_as_many_context_tokens_as_the_receivers_own_z_has_positions():
+    config = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native"])
+    device = resolve_device("cpu")
+    lms, _ = load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype))
+    examples = load_squad("validation", SQUAD_MINI, 3, 0)
+    tokenizers = [lm.tokenizer for lm in lms.values()]
+    for lm in lms.values():
+        whole = window_budget_cases(lm, examples, tokenizers, 1, config)
+        quarter = window_budget_cases(lm, examples, tokenizers, 4, config)
+        for (case1, m1), (case4, m4) in zip(whole, quarter):
+            assert m4["context_positions"] == math.ceil(m1["context_positions"] / 4)
+            assert case4.prompt.text.endswith(case1.prompt.text.split("\nQuestion:")[-1])  # the question stays whole
+            context = case4.prompt.text.split("\nQuestion:")[0]
+            assert len(lm.tokenizer(context, add_special_tokens=False).input_ids) <= m4["context_positions"] + 1
+            assert case4.prompt.context_truncated and len(case4.token_ids) < len(case1.token_ids)
+
+
+@pytest.fixture(scope="module")
+def finished_native_sweep(uncompressed, tmp_path_factory):
+    out = tmp_path_factory.mktemp("native-sweep")
+    trainings, lines = [], []
+    original = runner.train
+
+    def recording(config, run_dir, **kwargs):
+        trainings.append((config.interlingua.pool_window, config.interlingua.d_inter, config.train.init_from))
+        return original(config, run_dir, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "train", recording)
+        run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append)
+    return out, trainings, lines
+
+
+@pytest.mark.e2e
+def test_the_native_sweep_writes_every_pair_with_its_shuffled_row_and_the_token_budget(finished_native_sweep,
+                                                                                         uncompressed):
+    out, trainings, lines = finished_native_sweep
+    assert sorted(trainings) == [("1", 16, str(uncompressed)), ("2", 16, str(uncompressed)),
+                                 ("2", 32, str(uncompressed))]
+    table = json.loads((out / "table.json").read_text())
+    assert table["cells_finished"] == table["cells_planned"] == 8
+    rows = {row["cell"]: row for row in table["rows"]}
+    for row in rows.values():
+        assert set(row["pairs"]) == PAIRS  # cross pairs included, each with its own shuffled row
+        assert all("shuffled_f1" in v and "share_of_text" in v for v in row["pairs"].values())
+        assert set(row["token_budget"]) == {"tiny-llama", "tiny-qwen2"} and row["n"] == 4
+    k1, k2 = rows["k=1 d=32 fp16"], rows["k=2 d=32 fp16"]
+    assert k2["z_positions"] == pytest.approx(k1["z_positions"] / 2, abs=1)
+    assert rows["k=2 d=32 int4 g32"]["bytes"] < k2["bytes"] < k1["bytes"]
+    assert rows["k=1 d=16 fp16"]["bytes"] < k1["bytes"]
+    assert not k1["trained_in_sweep"] and k2["trained_in_sweep"]
+    budget = table["token_budget"]
+    assert set(budget) == {"1", "2"}  # JSON keys
+    for model in ("tiny-llama", "tiny-qwen2"):
+        assert budget["2"][model]["mean_context_positions"] < budget["1"][model]["mean_context_positions"]
+    md = (out / "table.md").read_text()
+    assert "Native compression sweep — smoke run (n < 1000)" in md and "tiny-llama -> tiny-qwen2 F1 (shuffled)" in md
+    assert (out / "frontier.png").stat().st_size > 10_000
+    assert not list((out / "cells").glob("*.passes"))  # the kept passes go once a cell is written
+    assert any("(sh " in line for line in lines)
+
+
+@pytest.mark.e2e
+def test_a_second_native_run_recomputes_nothing(finished_native_sweep, uncompressed, monkeypatch):
+    out, _, _ = finished_native_sweep
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(runner, "train", fail)
+    monkeypatch.setattr(runner, "evaluate_native_cell", fail)
+    monkeypatch.setattr(runner, "window_budget_references", lambda *a, **k: json_rows(out))
+    lines = []
+    run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append)
+    assert sum("finished earlier" in line for line in lines) == 8
+
+
+def json_rows(out):
+    return [json.loads(line) for path in sorted((out / "window_budget").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+def test_the_native_table_puts_own_pairs_first_and_states_the_flow():
+    row = {"cell": "k=4 d=512 int8 g32", "n": 1000, "z_positions": 41.5, "bytes": 21000.0, "text_gzip_bytes": 440.0,
+           "pairs": {"a -> b": {"f1": 30.0, "shuffled_f1": 6.0, "own": False, "flows": True},
+                     "a -> a": {"f1": 35.0, "shuffled_f1": 5.0, "own": True, "flows": True}},
+           "token_budget": {"a": {"f1": 12.0}}, "every_pair_flows": True}
+    header, values = flat_native_table([row])
+    assert header[5:7] == ["a -> a F1 (shuffled)", "a -> b F1 (shuffled)"]
+    assert values[0][5:] == ["35.0 (5.0)", "30.0 (6.0)", 12.0, "yes"]
+    assert Precision("int8")  # the cell names use the Precision values
+
+
+def test_the_receiver_ttft_of_each_pool_window_joins_its_cells(tmp_path):
+    from interlingua.sweep.native_report import ttft_speedups
+
+    with pytest.raises(ConfigError, match="scripts/native_ttft.sh"):
+        ttft_speedups(tmp_path)
+    for k, speedup in ((1, 1.1), (4, 3.4)):
+        (tmp_path / f"k{k}.json").write_text(json.dumps({"design": "native", "examples": 32, "models": {
+            "a": {"pool_window": k, "speedup": speedup, "batched_speedup": speedup + 1}}}))
+    (tmp_path / "pooled.json").write_text(json.dumps({"design": "pooled", "models": {"a": {}}}))
+    ttft = ttft_speedups(tmp_path)
+    assert ttft == {1: {"a": {"speedup": 1.1, "batched_speedup": 2.1, "examples": 32}},
+                    4: {"a": {"speedup": 3.4, "batched_speedup": 4.4, "examples": 32}}}
+    row = {"cell": "k=4 d=512 fp16", "n": 1000, "z_positions": 41.5, "bytes": 21000.0, "text_gzip_bytes": 440.0,
+           "pairs": {"a -> a": {"f1": 35.0, "shuffled_f1": 5.0, "own": True, "flows": True}},
+           "token_budget": {"a": {"f1": 12.0}}, "every_pair_flows": True, "ttft_speedup": {"a": 3.4}}
+    header, values = flat_native_table([row])
+    assert header[-1] == "TTFT speedup a" and values[0][-1] == "3.40x"
