@@ -204,11 +204,16 @@ class LossConfig:
     w_l1: float = 0.0
     """L1 sparsity of z: the term ``l1`` = mean |z| over models and elements (a mean over the global batch
     like L_align); 0 = off, not computed. Stored configs' ``compression.l1`` is read as this key."""
+    w_kd_z: float = 0.0
+    """Native design: KD from the uncompressed interlingua, the term ``kd_z`` = τ²·KL(teacher ‖ student) at
+    the answer positions, where the teacher is the same frozen receiver reading the same sender's z from the
+    frozen ``train.init_from`` checkpoint (how a compressed shape learns from the one it starts from; that
+    reader beats the text teacher by far). Needs ``train.init_from``; 0 = off."""
 
     def __post_init__(self) -> None:
         if self.k_tokens <= 0:
             raise ConfigError(f"loss.k_tokens must be positive, got {self.k_tokens}")
-        for key in ("w_gen", "w_align", "w_sem", "w_kd", "w_nce", "w_rec", "w_l1"):
+        for key in ("w_gen", "w_align", "w_sem", "w_kd", "w_nce", "w_rec", "w_l1", "w_kd_z"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"loss.{key} must be >= 0, got {getattr(self, key)}")
         if self.kd_temperature <= 0:
@@ -410,6 +415,9 @@ class Config:
             raise ConfigError("every entry of models needs a spec (models.N.spec)")
         if len(set(specs)) != len(specs):
             raise ConfigError(f"models lists the same spec twice: {specs}")
+        if self.loss.w_kd_z and (self.interlingua.design != Design.NATIVE or not self.train.init_from):
+            raise ConfigError(f"loss.w_kd_z={self.loss.w_kd_z} distils from the interlingua of train.init_from: it "
+                              "needs interlingua.design=native and train.init_from=RUN/step_N (or set loss.w_kd_z=0)")
 
     def output_dir(self, command: str) -> Path:
         return Path(self.runtime.output_dir or Path("runs") / self.name / command)

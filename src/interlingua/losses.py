@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from interlingua.config import LossConfig
 
-LOSS_TERMS = ("gen", "align", "sem", "kd", "nce", "rec", "l1")  # keys of combine_losses' terms, weights loss.w_<term>
+LOSS_TERMS = ("gen", "align", "sem", "kd", "nce", "rec", "l1", "kd_z")
+"""Keys of :func:`combine_losses`' terms; term ``x`` is weighted by ``loss.w_x``."""
 
 
 def k_token_ce(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:

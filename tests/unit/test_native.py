@@ -421,3 +421,29 @@ def test_a_compressed_shape_starts_from_the_uncompressed_checkpoint(three_lms, t
         starting_model(native_config("interlingua.design=pooled", source), three_lms, encoder)
     with pytest.raises(CheckpointError, match="not an interlingua checkpoint"):
         starting_model(native_config(f"train.init_from={tmp_path / 'nowhere'}"), three_lms, encoder)
+
+
+def test_kd_from_the_uncompressed_interlingua_is_zero_at_its_own_shape_and_not_when_pooled(tmp_path):
+    """loss.w_kd_z: the teacher is the receiver reading the train.init_from checkpoint's z. A run that starts
+    from that checkpoint at the same shape is the teacher at step 0 (KL 0); pooled pairs of z are not."""
+    common = [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.dropout=0", "train.steps=1",
+              "train.save_every=1", "train.log_every=1"]
+    start = train(load_config("tiny", [*common, f"runtime.output_dir={tmp_path / 'start'}"]), tmp_path / "start",
+                  progress=False)
+    first_kd_z = {}
+    for window in (1, 2):
+        out = tmp_path / f"k{window}"
+        config = load_config("tiny", [*common, f"interlingua.pool_window={window}", f"train.init_from={start}",
+                                      "loss.w_kd_z=1.0", f"runtime.output_dir={out}"])
+        train(config, out, progress=False)
+        first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        first_kd_z[window] = first["loss"]["kd_z"]
+    assert first_kd_z[1] == pytest.approx(0.0, abs=1e-5)
+    assert first_kd_z[2] > 1e-3
+
+
+def test_kd_from_the_interlingua_needs_a_native_start(tmp_path):
+    with pytest.raises(ConfigError, match="loss.w_kd_z=0.5 distils from the interlingua of train.init_from"):
+        load_config("tiny", ["interlingua.design=native", "loss.w_kd_z=0.5"])
+    with pytest.raises(ConfigError, match="interlingua.design=native"):
+        load_config("tiny", [f"train.init_from={tmp_path}", "loss.w_kd_z=0.5"])

@@ -154,6 +154,9 @@ class Interlingua(nn.Module):
         without one gets the exact full-vocabulary teacher."""
         self.anchor_cache = None
         """A ``cache.AnchorCache`` installed by the training recipe; None = run the encoder every time."""
+        object.__setattr__(self, "interlingua_teacher", None)
+        """``loss.w_kd_z``: a frozen :class:`Interlingua` over the ``train.init_from`` checkpoint and the same
+        frozen models, installed by the training recipe (a plain attribute: not trained, not saved)."""
         lms = dict(lms or {})
         if lms:  # training and evaluation pass every model; a sender or receiver alone loads its own lazily
             model.check_frozen_models([frozen_model_info(lm) for lm in lms.values()])

@@ -151,6 +151,16 @@ def starting_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
     return model
 
 
+def interlingua_teacher(config: Config, lms: dict, encoder) -> Interlingua:
+    """``loss.w_kd_z``: the ``train.init_from`` checkpoint, frozen, reading the same frozen models (its
+    receivers attach their vocabularies) with the wire's exact z (no quantisation-aware rounding)."""
+    device = next(iter(lms.values())).device
+    teacher = InterlinguaModel.from_pretrained(config.train.init_from).to(device).eval().requires_grad_(False)
+    log.info("loss.w_kd_z=%g: KD from the interlingua of %s (fingerprint %s)", config.loss.w_kd_z,
+             config.train.init_from, teacher.fingerprint())
+    return Interlingua(teacher, lms, encoder)
+
+
 class TrainingRecipe:
     """One training run; :func:`train` drives it. Attributes are set by :meth:`setup`."""
 
@@ -199,6 +209,8 @@ class TrainingRecipe:
             log.info("runtime.shard_frozen: %d decoder layers sharded over %d processes; local share of the "
                      "frozen decoder layers' weights: %.2f", len(self.sharded_layers), acc.num_processes,
                      local_share(self.sharded_layers))
+        if cfg.loss.w_kd_z:
+            object.__setattr__(self.system, "interlingua_teacher", interlingua_teacher(cfg, self.lms, encoder))
         forward = self.system
         optimizer = torch.optim.AdamW(forward.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Not prepared: accelerate would step a prepared scheduler once per process.

@@ -42,6 +42,7 @@ from interlingua.losses import (
     combine_losses,
     contrastive_loss,
     k_token_ce,
+    kd_loss,
     l1_penalty,
     semantic_anchor_loss,
 )
@@ -214,20 +215,28 @@ def native_batch_loss(
     """:func:`batch_loss` of the native design (``config`` already weighted for the stage): every receiver
     b reads every sender a's z.
 
-    L_gen and L_kd (from b's own text teacher) and L_rec (b repeats the first R tokens of the sent text in
-    its own tokenisation after ``soft tokens + RECONSTRUCTION_CUE``, teacher-forced) are means over the
-    senders for each receiver, summed over receivers like the seed's per-model terms, so their scale does
-    not grow with N. L_align, L_sem, L_nce and L1 compare the senders' masked-mean summaries ``(B, d_inter)``
+    L_gen and L_kd (from b's own text teacher), L_kd_z (from b reading a's z of the frozen starting
+    checkpoint, ``Interlingua.interlingua_teacher``) and L_rec (b repeats the first R tokens of the sent
+    text in its own tokenisation after ``soft tokens + RECONSTRUCTION_CUE``, teacher-forced) are means over
+    the senders for each receiver, summed over receivers like the seed's per-model terms, so their scale
+    does not grow with N. L_align, L_sem, L_nce and L1 compare the senders' masked-mean summaries ``(B, d_inter)``
     (the senders' token sequences differ in length)."""
     texts, answers, sender_texts, questions = batch.texts, batch.answers, batch.sender_texts, batch.questions
     anchor = system.anchor(sender_texts)
     latents, soft, anchor_target = forward(sender_texts, anchor)
     senders = list(latents)
+    teacher_soft = None
+    if config.w_kd_z:
+        if system.interlingua_teacher is None:
+            raise RuntimeError("loss.w_kd_z > 0 but no interlingua teacher is installed (the training recipe "
+                               "installs the train.init_from checkpoint)")
+        with torch.no_grad():
+            teacher_soft = system.interlingua_teacher(sender_texts, anchor)[1]
     answer_tails = [question_suffix(q) for q in questions] if questions is not None else [""] * len(texts)
     example_share = len(texts) / norm.examples if norm else 1.0
-    gen, kd, rec = [], [], []
+    gen, kd, kd_z, rec = [], [], [], []
     for receiver, lm in system.lms.items():
-        if config.w_gen or config.w_kd:
+        if config.w_gen or config.w_kd or config.w_kd_z:
             targets = lm.answer_targets(answers, config.k_tokens)  # (B, K)
             share = int(targets.mask.sum()) / norm.positions[receiver] if norm else 1.0
             teacher = kd_teacher(system, receiver, config.kd_temperature) if config.w_kd else None
@@ -238,6 +247,13 @@ def native_batch_loss(
                     gen.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
                 if config.w_kd:
                     kd.append(teacher.kd_loss(student, texts, targets) * share / len(senders))
+                if config.w_kd_z:
+                    fixed = teacher_soft[(sender, receiver)]
+                    with torch.no_grad():
+                        reference = lm.target_logits(
+                            lm.soft_tokens_prefix(fixed.embeddings, fixed.mask, answer_tails), targets)
+                    kd_z.append(kd_loss(student, reference, targets.mask, config.kd_temperature)
+                                * share / len(senders))
         if config.w_rec:
             targets = reconstruction_targets(lm, sender_texts, rec_tokens)  # (B, R) in the receiver's tokens
             share = int(targets.mask.sum()) / norm.rec_positions[receiver] if norm else 1.0
@@ -247,7 +263,7 @@ def native_batch_loss(
                 student = lm.target_logits(prefix, targets)
                 rec.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
     summaries = {key: summary(latent) for key, latent in latents.items()}  # (B, d_inter)
-    token_terms = (("gen", gen), ("kd", kd), ("rec", rec))
+    token_terms = (("gen", gen), ("kd", kd), ("kd_z", kd_z), ("rec", rec))
     terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in token_terms if parts}
     own = {key: soft[(key, key)].embeddings for key in system.lms}
     return _with_z_terms(terms, summaries, anchor_target, config, example_share, own)
@@ -255,9 +271,9 @@ def native_batch_loss(
 
 def _stage_weights(config: LossConfig, stage: Stage) -> LossConfig:
     """The weights of ``stage``: the QA stage's are ``config``; the reconstruction stage trains L_rec
-    with weight 1 in place of L_gen and L_kd."""
+    with weight 1 in place of L_gen and the KD terms."""
     if stage == Stage.RECONSTRUCT:
-        return dataclasses.replace(config, w_gen=0.0, w_kd=0.0, w_rec=1.0)
+        return dataclasses.replace(config, w_gen=0.0, w_kd=0.0, w_kd_z=0.0, w_rec=1.0)
     return config
 
 
