@@ -277,7 +277,8 @@ def test_the_sweep_reads_the_declaration_for_cells_and_trainings(spy, tmp_path):
 
     calls = spy(runner, "settings_differences")
     config = tiny("runtime.output_dir=" + str(tmp_path / "train"))
-    planned = SimpleNamespace(eval_config=config, train_config=config, train_dir=tmp_path / "train")
+    planned = SimpleNamespace(eval_config=config, train_config=config, train_dir=tmp_path / "train",
+                              fixed_checkpoint=None)
     cell = tmp_path / "cell.json"
     cell.write_text(json.dumps({"config": config_to_dict(tiny("runtime.output_dir=elsewhere")), "n": 8}))
     assert runner._finished_result(cell, planned)["n"] == 8
