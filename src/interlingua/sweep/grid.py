@@ -446,8 +446,8 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
     uncompressed checkpoint, except the shape that checkpoint already has, which is evaluated as it is.
 
     Raises:
-        ConfigError: ``grid.num_slots`` (the pooled designs' knob), no ``base.train.init_from``, or a cell
-            whose config is invalid.
+        ConfigError: ``grid.num_slots`` (the pooled designs' knob), no ``base.train.init_from``, evaluation
+            conditionings other than hybrid alone, or a cell whose config is invalid.
     """
     from interlingua.models.interlingua import read_spec
 
@@ -457,6 +457,10 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
     if not base.train.init_from:
         raise ConfigError("a native sweep trains every compressed shape from the uncompressed checkpoint: set "
                           "base.train.init_from=RUN/step_N (e.g. the checkpoint of `interlingua run --config native`)")
+    if [str(getattr(c, "value", c)) for c in base.eval.conditionings] != ["hybrid"]:
+        raise ConfigError(f"a native sweep measures hybrid conditioning only (the context through z, the question as "
+                          f"text, and the token budget cut the same way); base.eval.conditionings is "
+                          f"{list(base.eval.conditionings)}: set base.eval.conditionings=[hybrid]")
     start = Path(base.train.init_from)
     try:
         start_spec = read_spec(start).interlingua
