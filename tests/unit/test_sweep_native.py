@@ -167,6 +167,8 @@ def test_the_receiver_ttft_of_each_pool_window_joins_its_cells(tmp_path):
         (tmp_path / f"k{k}.json").write_text(json.dumps({"design": "native", "examples": 32, "models": {
             "a": {"pool_window": k, "speedup": speedup, "batched_speedup": speedup + 1}}}))
     (tmp_path / "pooled.json").write_text(json.dumps({"design": "pooled", "models": {"a": {}}}))
+    (tmp_path / "all.json").write_text(json.dumps({"design": "native", "examples": 32, "models": {
+        "a": {"pool_window": "all", "speedup": 9.0, "batched_speedup": 9.0}}}))
     ttft = ttft_speedups(tmp_path)
     assert ttft == {1: {"a": {"speedup": 1.1, "batched_speedup": 2.1, "examples": 32}},
                     4: {"a": {"speedup": 3.4, "batched_speedup": 4.4, "examples": 32}}}

@@ -46,6 +46,8 @@ def ttft_speedups(folder: Path) -> dict:
         if data.get("design") != "native":
             continue
         for model, v in data["models"].items():
+            if not str(v["pool_window"]).isdigit():  # pool_window=all: no cell of a native sweep has it
+                continue
             found.setdefault(int(v["pool_window"]), {})[model] = {
                 "speedup": v["speedup"], "batched_speedup": v["batched_speedup"], "examples": data["examples"]}
     if not found:
