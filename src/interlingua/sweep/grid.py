@@ -378,11 +378,17 @@ def expand_grid(sweep: SweepConfig, base: Config) -> list[Cell]:
         "d_inter": [base.interlingua.d_inter], "num_slots": [base.interlingua.num_slots],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    values = [sweep.grid.knobs().get(key, defaults[key]) for key in defaults]  # Cell's field order
-    cells = [Cell(*combination) for combination in itertools.product(*values)]
-    # Float precisions ignore group_size: one cell each, not one per group size.
-    unique = {(c.d_inter, c.num_slots, c.precision, c.group_size if c.quantised else None): c for c in cells}
-    return list(unique.values())
+    return _product(sweep, Cell, defaults)
+
+
+def _product(sweep: SweepConfig, cell_type: type, defaults: dict[str, list]) -> list:
+    """The cells of ``cell_type`` over the product of the grid's knobs, in ``defaults``' order (outermost
+    first), a knob the grid leaves out taking its ``defaults`` value. Float precisions ignore group_size:
+    one cell each, not one per group size (cells are told apart by :attr:`_WireCell.name`)."""
+    knobs = sweep.grid.knobs()
+    values = [knobs.get(key, default) for key, default in defaults.items()]
+    cells = [cell_type(**dict(zip(defaults, combination))) for combination in itertools.product(*values)]
+    return list({cell.name: cell for cell in cells}.values())
 
 
 def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
@@ -401,23 +407,26 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     if sweep.grid.pool_window is not None:
         raise ConfigError(f"grid.pool_window is a knob of the native design; sweep base {sweep.base_name!r} is "
                           f"{base.interlingua.design.value} (its knob is grid.num_slots)")
-    planned = []
-    for cell in expand_grid(sweep, base):
-        shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.num_slots={cell.num_slots}"]
-        wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
-        run_name = cell.name if sweep.qat else cell.shape_name
-        train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
-        # Post-training quantisation: the training run does not depend on the wire settings.
-        training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
-        training.append(f"runtime.output_dir={train_dir}")
-        planned.append(PlannedCell(
-            cell, train_dir, _cell_config(sweep, training, cell), _cell_config(sweep, training + wire, cell),
-        ))
+    planned = [_planned_cell(sweep, cell, Path(output_dir)) for cell in expand_grid(sweep, base)]
     reference = z_shape(REFERENCE_CELL["d_inter"], REFERENCE_CELL["num_slots"], base.interlingua.pooling)
     return SweepPlan(planned, base, reference, base)
 
 
-def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell) -> Config:
+def _planned_cell(sweep: SweepConfig, cell: Cell | NativeCell, output_dir: Path,
+                  fixed_checkpoint: Optional[Path] = None) -> PlannedCell:
+    """A cell's training folder and its training and evaluation configs: the base with the cell's shape
+    (``interlingua.<knob>=<value>`` for each key of ``cell.shape``) and wire settings."""
+    shape = [f"interlingua.{key}={value}" for key, value in cell.shape.items()]
+    wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
+    train_dir = output_dir / TRAIN_SUBDIR / (cell.name if sweep.qat else cell.shape_name)
+    # Post-training quantisation: the training run does not depend on the wire settings.
+    training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
+    training.append(f"runtime.output_dir={train_dir}")
+    return PlannedCell(cell, train_dir, _cell_config(sweep, training, cell), _cell_config(sweep, training + wire, cell),
+                       fixed_checkpoint=fixed_checkpoint)
+
+
+def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell | NativeCell) -> Config:
     try:
         return sweep.run_config(overrides)
     except ConfigError as err:
@@ -433,12 +442,7 @@ def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
         "pool_window": [base.interlingua.pool_size], "d_inter": [base.interlingua.d_inter],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    knobs = sweep.grid.knobs()
-    values = [knobs.get(key, defaults[key]) for key in ("pool_window", "d_inter", "precision", "group_size")]
-    cells = [NativeCell(d_inter=d, pool_window=k, precision=p, group_size=g)
-             for k, d, p, g in itertools.product(*values)]
-    unique = {(c.pool_window, c.d_inter, c.precision, c.group_size if c.quantised else None): c for c in cells}
-    return list(unique.values())
+    return _product(sweep, NativeCell, defaults)
 
 
 def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> SweepPlan:
@@ -467,15 +471,9 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
     except Exception as err:  # CheckpointError and friends: say which key pointed there
         raise ConfigError(f"base.train.init_from={start}: {err}") from None
     start_shape = (str(start_spec.pool_window), start_spec.d_inter)
-    planned = []
-    for cell in expand_native_grid(sweep, base):
-        shape = [f"interlingua.d_inter={cell.d_inter}", f"interlingua.pool_window={cell.pool_window}"]
-        wire = [f"compression.precision={cell.precision.value}", f"compression.group_size={cell.group_size}"]
-        run_name = cell.name if sweep.qat else cell.shape_name
-        train_dir = Path(output_dir) / TRAIN_SUBDIR / run_name
-        training = shape + [f"compression.qat={str(sweep.qat).lower()}"] + (wire if sweep.qat else [])
-        training.append(f"runtime.output_dir={train_dir}")
-        fixed = start if (str(cell.pool_window), cell.d_inter) == start_shape and not sweep.qat else None
-        planned.append(PlannedCell(cell, train_dir, _cell_config(sweep, training, cell),
-                                   _cell_config(sweep, training + wire, cell), fixed_checkpoint=fixed))
+    planned = [
+        _planned_cell(sweep, cell, Path(output_dir), start if (str(cell.pool_window), cell.d_inter) == start_shape
+                      and not sweep.qat else None)
+        for cell in expand_native_grid(sweep, base)
+    ]
     return SweepPlan(planned, base, (-1, base.interlingua.d_inter), base)

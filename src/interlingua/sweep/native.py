@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from interlingua.artifacts.files import gzip_bytes, run_info, utf8_bytes, write_json, write_jsonl
+from interlingua.artifacts.files import gzip_bytes, utf8_bytes, write_json, write_jsonl
 from interlingua.config import Conditioning, Config, config_to_dict
 from interlingua.data.prompts import BudgetedPrompt, budgeted_context_prompt, question_suffix, sender_prompt
 from interlingua.data.squad import SquadExample
@@ -89,17 +89,17 @@ def window_budget_summary(rows: Sequence[dict]) -> dict:
     return out
 
 
-def evaluate_native_cell(system: Interlingua, examples: Sequence[SquadExample], planned, checkpoint: Path,
-                         passes_dir: Path, progress: bool) -> tuple[list[dict], dict]:
-    """The rows and the result record (``cells/<cell>.json``) of one native cell; each finished pass is kept
-    in ``passes_dir`` so that a stopped cell resumes pass by pass."""
-    config = planned.eval_config
+def evaluate_native_cell(system: Interlingua, examples: Sequence[SquadExample], planned, config: Config,
+                         info: dict, checkpoint: Path, passes_dir: Path, progress: bool) -> tuple[list[dict], dict]:
+    """The rows and the result record (``cells/<cell>.json``) of one native cell, evaluated under ``config``
+    (the checkpoint's config as the cell's evaluation resolves it; ``info``: its ``run_info``); each
+    finished pass is kept in ``passes_dir`` so that a stopped cell resumes pass by pass."""
     rows, summary = evaluate_native(system, examples, config, progress=progress, passes_dir=passes_dir)
     conditioning = Conditioning(config.eval.conditionings[0]).value
     result = {
         "cell": planned.cell.as_dict(),
-        "config": config_to_dict(config),
-        "run": run_info(config, "sweep"),
+        "config": config_to_dict(planned.eval_config),
+        "run": info,
         "checkpoint": {"path": str(Path(checkpoint).resolve()), "fingerprint": system.model.fingerprint(),
                        "trained_with_qat": config.compression.qat,
                        "trained_in_sweep": planned.fixed_checkpoint is None},

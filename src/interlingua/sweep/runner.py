@@ -198,10 +198,8 @@ def _trained_checkpoint(
             )
         return final
     latest = latest_checkpoint(run_dir)
-    shape = (f"pool_window={config.interlingua.pool_window} d_inter={config.interlingua.d_inter}"
-             if config.interlingua.design.value == "native"
-             else f"d_inter={config.interlingua.d_inter} M={config.interlingua.num_slots}")
-    echo(f"training {shape}, {total_steps(config)} steps" + (f", resuming from {latest.name}" if latest else ""))
+    resuming = f", resuming from {latest.name}" if latest else ""
+    echo(f"training {planned.cell.shape_label}, {total_steps(config)} steps{resuming}")
     before_training()
     return train(config, run_dir, resume=latest is not None, progress=progress)
 
@@ -223,8 +221,8 @@ class _Evaluator:
         system = Interlingua(model, *self.frozen_models(config, device), config)
         examples = self.validation(config)
         if system.is_native:
-            rows, result = evaluate_native_cell(system, examples, planned, checkpoint, path.with_suffix(".passes"),
-                                                self.progress)
+            rows, result = evaluate_native_cell(system, examples, planned, config, info, checkpoint,
+                                                path.with_suffix(".passes"), self.progress)
             result["evaluate_seconds"] = round(time.monotonic() - started, 1)
             write_cell(path, rows, result)
             return result
