@@ -116,6 +116,25 @@ def test_the_full_size_native_run_is_the_native_config_with_the_launch_overrides
     assert full.name == "native-full" and dataclasses.replace(full, name=old.name) == old
 
 
+def test_the_documented_command_of_the_trained_native_run_resolves_to_its_committed_config():
+    """docs/results.md's `interlingua train --config native-full …` line, run today, trains what was committed
+    (results/native-s250-n1000/train/config.yaml): a default that changes later must show up in that command."""
+    import dataclasses
+    import shlex
+
+    root = SHIPPED_CONFIG_DIR.parent
+    line = next(line for line in (root / "docs" / "results.md").read_text().splitlines()
+                if line.startswith("interlingua train --config native-full"))
+    words = shlex.split(line)
+    overrides = [word for word in words if "=" in word and not word.startswith("-")]
+    documented = load_config("native-full", overrides)
+    committed = load_config(str(root / "results" / "native-s250-n1000" / "train" / "config.yaml"))
+    output_dir = words[words.index("-o") + 1]
+    assert committed.runtime.output_dir == output_dir
+    assert dataclasses.replace(documented, runtime=dataclasses.replace(documented.runtime, output_dir=output_dir)) \
+        == committed
+
+
 def test_a_config_extends_another_nested_keys_merge_and_lists_replace(tmp_path):
     (tmp_path / "parent.yaml").write_text("name: parent\nmodels: [{spec: tiny-llama}, {spec: tiny-qwen2}]\n"
                                           "train: {steps: 9, lr: 0.5, warmup_steps: 1}\n")
