@@ -304,11 +304,18 @@ class EvalConfig:
     conditionings: List[str] = field(default_factory=lambda: ["hybrid", "full"])
     """native design: the ways every pair is evaluated: ``hybrid`` (the question as text after the soft
     tokens) and/or ``full`` (everything through z)."""
+    decoders: List[str] = field(default_factory=list)
+    """native design: receiver heads (``vocab``, ``linear``) to evaluate besides the checkpoint's own, on the
+    same z and examples, each pair with its shuffled row and its paired ΔF1 against the own head."""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditionings if c not in {m.value for m in Conditioning}]
         if unknown or not self.conditionings:
             raise ConfigError(f"eval.conditionings must list hybrid and/or full, got {list(self.conditionings)}")
+        heads = {m.value for m in NativeDecoder}
+        if any(str(getattr(d, "value", d)) not in heads for d in self.decoders):
+            raise ConfigError(f"eval.decoders lists receiver heads of the native design ({', '.join(sorted(heads))}), "
+                              f"got {list(self.decoders)}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"eval.limit must be positive or null, got {self.limit}")
         if self.batch_size <= 0 or self.max_new_tokens <= 0:

@@ -321,11 +321,68 @@ def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, 
     printed = capsys.readouterr().out
     assert '"shared_strings"' in printed and "step_000000" in printed
     assert main(["eval", "--checkpoint", str(out / "step_000000"), "--limit", "3", "eval.conditionings=[hybrid]",
-                 "-q"]) == 0
-    metrics = json.loads((out / "eval" / "step_000000" / "metrics.json").read_text())
+                 "eval.decoders=[linear]", "-q"]) == 0
+    folder = out / "eval" / "step_000000"
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["native"]["information_flow"]) == {"hybrid"}
+    pairs = set(metrics["native"]["information_flow"]["hybrid"])
+    assert set(metrics["native"]["heads"]["linear"]["paired"]["hybrid"]) == pairs
+    assert "Receiver head `linear` against the checkpoint's `vocab`" in (folder / "report.md").read_text()
+    own = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    linear = [json.loads(line) for line in (folder / "predictions_linear_head.jsonl").read_text().splitlines()]
+    assert not any("decoder" in row for row in own) and {row["decoder"] for row in linear} == {"linear"}
+    assert len(linear) == 4 * 2 * 3  # 2 senders x 2 receivers, read and shuffled, 3 examples
     assert metrics["native"]["bridge_fit"]["models"] == ["tiny-llama", "tiny-qwen2"]
     assert main(["bridge", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(out)]) == 2  # pooled design
+
+
+def test_receiver_heads_are_compared_in_one_evaluation(three_system, tmp_path, monkeypatch):
+    """eval.decoders=[vocab, linear] on a vocab checkpoint: the linear rows are exactly those of the same model
+    evaluated with the linear head as its own, every pair has its shuffled row and a paired ΔF1 against the
+    own head, the own head is back afterwards, and a second run reads the head's passes instead of decoding."""
+    import interlingua.eval.native as native_eval
+    from interlingua.config import NativeDecoder
+    from interlingua.eval.compare import paired_difference
+    from interlingua.eval.jobs import validation_examples
+
+    system, config = three_system
+    plain = config_from_dict(config_to_dict(config), ["eval.limit=3", "eval.conditionings=[hybrid]"])
+    both = config_from_dict(config_to_dict(plain), ["eval.decoders=[vocab,linear]"])
+    examples = validation_examples(plain)
+    rows, summary = native_eval.evaluate_native(system, examples, both, progress=False, passes_dir=tmp_path)
+    heads = list(system.model.receivers.values())
+    assert all(head.decoder == NativeDecoder.VOCAB for head in heads) and set(summary["heads"]) == {"linear"}
+    own = [r for r in rows if "decoder" not in r]
+    linear = [r for r in rows if r.get("decoder") == "linear"]
+    assert len(own) == len(linear) == 9 * 2 * 3
+
+    for head in heads:
+        head.decoder = NativeDecoder.LINEAR
+    try:
+        direct, direct_summary = native_eval.evaluate_native(system, examples, plain, progress=False)
+    finally:
+        for head in heads:
+            head.decoder = NativeDecoder.VOCAB
+    assert [{k: v for k, v in r.items() if k != "decoder"} for r in linear] == direct
+    result = summary["heads"]["linear"]
+    assert result["information_flow"]["hybrid"].keys() == direct_summary["information_flow"]["hybrid"].keys()
+    for pair, v in direct_summary["information_flow"]["hybrid"].items():
+        assert result["information_flow"]["hybrid"][pair]["latent_f1"] == v["latent_f1"]
+        assert result["information_flow"]["hybrid"][pair]["shuffled_f1"] == v["shuffled_f1"]
+        sender, receiver = pair.split(" -> ")
+        read = {"own": {}, "linear": {}}
+        for r in rows:
+            if r["sender"] == sender and r["model"] == receiver and r["mode"] != "shuffled":
+                read["linear" if "decoder" in r else "own"][r["id"]] = r["f1"]
+        expected = paired_difference(read["linear"], read["own"])
+        assert result["paired"]["hybrid"][pair] == dict(zip(("delta_f1", "se", "n"), expected))
+
+    calls = []
+    monkeypatch.setattr(native_eval, "decode_pair", lambda *a, **k: calls.append(a) or [])
+    again, _ = native_eval.evaluate_native(system, examples, both, progress=False, passes_dir=tmp_path)
+    assert calls == [] and again == rows
+    with pytest.raises(ConfigError, match="eval.decoders lists receiver heads"):
+        config_from_dict(config_to_dict(plain), ["eval.decoders=[nearest]"])
 
 
 @pytest.mark.e2e

@@ -58,6 +58,8 @@ def test_a_native_sweep_is_refused_without_a_start_or_with_the_pooled_knob(uncom
         plan_sweep(native_sweep(tmp_path / "missing"), tmp_path)
     with pytest.raises(ConfigError, match="hybrid conditioning only"):
         plan_sweep(native_sweep(uncompressed, "base.eval.conditionings=[hybrid,full]"), tmp_path)
+    with pytest.raises(ConfigError, match="drop base.eval.decoders"):
+        plan_sweep(native_sweep(uncompressed, "base.eval.decoders=[linear]"), tmp_path)
     with pytest.raises(ConfigError, match="grid.num_slots is a knob of the pooled designs"):
         plan_sweep(native_sweep(uncompressed, "grid.num_slots=[4,2]"), tmp_path)
     pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.pool_window=[1,2]"])

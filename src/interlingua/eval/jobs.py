@@ -140,7 +140,11 @@ def _native_eval(system, examples, config, baseline_rows, info, checkpoint_dir, 
         "baselines_from": str(Path(baselines_dir).resolve()) if baselines_dir is not None else None,
         "baselines": baselines, "native": native,
     }
-    write_jsonl(out_dir / PREDICTIONS_FILE, baseline_rows + native_rows)
+    own = [row for row in native_rows if "decoder" not in row]
+    write_jsonl(out_dir / PREDICTIONS_FILE, baseline_rows + own)
+    for decoder in native.get("heads", {}):  # apart, so that readers of predictions.jsonl see one head
+        head_rows = [r for r in native_rows if r.get("decoder") == decoder]
+        write_jsonl(out_dir / f"predictions_{decoder}_head.jsonl", head_rows)
     write_json(out_dir / METRICS_FILE, metrics)
     (out_dir / REPORT_FILE).write_text(native_eval_report(metrics))
     for conditioning, receivers in native["scores"].items():

@@ -35,6 +35,7 @@ from interlingua.data.prompts import sender_prompt
 from interlingua.data.squad import SquadExample
 from interlingua.eval.baselines import summarize
 from interlingua.eval.latent import _eval_mode, _row, agreement, derangement, interlingua_distance, received_z
+from interlingua.eval.native_heads import compare_receiver_heads, head_report_lines
 from interlingua.models.system import Interlingua, answers_from_soft
 from interlingua.settings import Artifact, settings_of
 
@@ -118,7 +119,8 @@ def evaluate_native(
     progress: bool = True,
     passes_dir: Path | None = None,
 ) -> tuple[list[dict], dict]:
-    """All rows and the summary (module docstring).
+    """All rows and the summary (module docstring). With ``eval.decoders``, the other receiver heads' rows
+    follow (each with ``"decoder"``) and ``summary["heads"]`` compares them (:mod:`interlingua.eval.native_heads`).
 
     Args:
         passes_dir: keep each finished pass here and reuse the ones a stopped run left (see :class:`PassStore`).
@@ -137,7 +139,12 @@ def evaluate_native(
                        for a in system.lms}
             rows += decode_all(system, examples, latents, conditioning, config, progress, store)
             runs[conditioning.value] = (texts, latents)
-    return rows, native_summary(system, rows, runs, [e.id for e in examples], text_rows, config)
+        summary = native_summary(system, rows, runs, [e.id for e in examples], text_rows, config)
+        head_rows, heads = compare_receiver_heads(system, examples, config, {c: z for c, (_, z) in runs.items()},
+                                                  rows, progress, store)
+    if heads:
+        summary["heads"] = heads
+    return rows + head_rows, summary
 
 
 def sent_texts(system: Interlingua, examples: Sequence[SquadExample], config: Config,
@@ -319,4 +326,6 @@ def native_report_lines(native: dict) -> list[str]:
                  for pair, v in {**fit["pairs"], **{f"{k} (own)": v for k, v in fit["own"].items()}}.items()]
         lines += [markdown_table(["pair", "cos(P_a x_a, P_b x_b)", "nn@1 (held-out)", "cos(Q_b P_a x_a, x_b)",
                                   "vocab nn@1"], [[r[0], *(f"{x:.3f}" for x in r[1:])] for r in table]), ""]
+    if native.get("heads"):
+        lines += head_report_lines(native["decoder"], native["heads"])
     return lines

@@ -451,7 +451,7 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
 
     Raises:
         ConfigError: ``grid.num_slots`` (the pooled designs' knob), no ``base.train.init_from``, evaluation
-            conditionings other than hybrid alone, or a cell whose config is invalid.
+            conditionings other than hybrid alone, ``eval.decoders``, or a cell whose config is invalid.
     """
     from interlingua.models.interlingua import read_spec
 
@@ -465,6 +465,9 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
         raise ConfigError(f"a native sweep measures hybrid conditioning only (the context through z, the question as "
                           f"text, and the token budget cut the same way); base.eval.conditionings is "
                           f"{list(base.eval.conditionings)}: set base.eval.conditionings=[hybrid]")
+    if base.eval.decoders:
+        raise ConfigError("base.eval.decoders compares receiver heads within one evaluation (interlingua eval); a "
+                          "sweep cell is evaluated with its own head: drop base.eval.decoders")
     start = Path(base.train.init_from)
     try:
         start_spec = read_spec(start).interlingua
