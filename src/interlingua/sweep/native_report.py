@@ -191,7 +191,7 @@ def native_markdown(rows: Sequence[dict], header: list[str], values: list[list[o
 
 def plot_native_frontier(rows: Sequence[dict], path: Path, text: Optional[dict], budget: Optional[dict]) -> Path:
     """F1 against bytes per message (log) and against receiver positions; per receiver own (filled) and
-    cross (open) cells, its token-budget curve and its text prompt."""
+    cross (open) cells with each pair's shuffled-z F1 (x), its token-budget curve and its text prompt."""
     fig = Figure(figsize=(13, 5))
     FigureCanvasAgg(fig)
     by_bytes, by_positions = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -207,12 +207,21 @@ def plot_native_frontier(rows: Sequence[dict], path: Path, text: Optional[dict],
                                  edgecolors=colour, label=label)
                 by_positions.scatter([p[1] for p in points], [p[2] for p in points], marker=marker,
                                      facecolors=fill, edgecolors=colour, label=label)
+        controls = [(v["bytes"], v["z_positions"], v["shuffled_f1"]) for row in rows for p, v in row["pairs"].items()
+                    if pair_models(p)[1] == receiver]
+        if controls:
+            label = f"{receiver} shuffled z (control)"
+            by_bytes.scatter([c[0] for c in controls], [c[2] for c in controls], marker="x", color=colour, label=label)
+            by_positions.scatter([c[1] for c in controls], [c[2] for c in controls], marker="x", color=colour,
+                                 label=label)
         curve = sorted((v[receiver]["mean_context_gzip_bytes"], v[receiver]["mean_context_positions"],
                         v[receiver]["f1"]) for v in (budget or {}).values() if receiver in v)
         if curve:
             label = f"{receiver} token budget (text cut to the same positions)"
-            by_bytes.plot([c[0] for c in curve], [c[2] for c in curve], "--", color=colour, label=label + ", gzip B")
-            by_positions.plot([c[1] for c in curve], [c[2] for c in curve], "--", color=colour, label=label)
+            by_bytes.plot([c[0] for c in curve], [c[2] for c in curve], "--D", color=colour, markersize=4,
+                          label=label + ", gzip B")  # markers: a single window is still visible
+            by_positions.plot([c[1] for c in curve], [c[2] for c in curve], "--D", color=colour, markersize=4,
+                              label=label)
         if text and receiver in text:
             by_positions.axhline(text[receiver]["text"]["f1"], color=colour, linestyle=":", linewidth=1,
                                  label=f"{receiver} whole text prompt")
@@ -225,7 +234,8 @@ def plot_native_frontier(rows: Sequence[dict], path: Path, text: Optional[dict],
         axis.set_ylabel("F1")
         axis.grid(alpha=0.3)
     by_positions.legend(fontsize=7)
-    fig.suptitle("Native interlingua: F1 against message size (filled: own z, open: the other sender's z)")
+    fig.suptitle("Native interlingua: F1 against message size (filled: own z, open: the other sender's z, "
+                 "x: shuffled z)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
