@@ -80,11 +80,7 @@ def native_variant_row(name: str, run_dir: Path, metrics: dict, predictions_path
     if not predictions_path.is_file():
         raise CompareError(f"{run_dir}: no {PREDICTIONS_FILE} beside {METRICS_FILE}; the paired differences need it")
     rows = [json.loads(line) for line in predictions_path.read_text().splitlines() if line.strip()]
-    per_example: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        if "conditioning" in row and row["mode"] in ("latent", "cross"):  # baseline rows have no conditioning
-            pair = (row["conditioning"], f"{row['sender']} -> {row['model']}")
-            per_example.setdefault(pair, {})[row["id"]] = row["f1"]
+    per_example = per_example_f1(rows)
     pairs = {}
     for conditioning, verdicts in native["information_flow"].items():
         for pair, v in verdicts.items():
@@ -96,6 +92,17 @@ def native_variant_row(name: str, run_dir: Path, metrics: dict, predictions_path
     return {"variant": name, "run": str(run_dir), "design": "native", "n": native["n"], "pairs": pairs,
             "loss_weights": {k: v for k, v in config["loss"].items() if k.startswith("w_")},
             **_budget(config), "argv": metrics["run"].get("argv")}
+
+
+def per_example_f1(rows) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(conditioning, "sender -> receiver"): {example id: F1}}`` of the native latent / cross rows among
+    ``rows`` (baseline rows have no conditioning; shuffled rows are the control, not the pair's reading)."""
+    per_example: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        if "conditioning" in row and row["mode"] in ("latent", "cross"):
+            pair = (row["conditioning"], f"{row['sender']} -> {row['model']}")
+            per_example.setdefault(pair, {})[row["id"]] = row["f1"]
+    return per_example
 
 
 def paired_difference(f1: dict[str, float], reference: dict[str, float]) -> tuple[float, float, int]:

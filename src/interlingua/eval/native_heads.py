@@ -18,7 +18,7 @@ from torch import Tensor
 
 from interlingua.config import Conditioning, Config, NativeDecoder
 from interlingua.data.squad import SquadExample
-from interlingua.eval.compare import paired_difference
+from interlingua.eval.compare import paired_difference, per_example_f1
 from interlingua.models.aligner import module_key
 from interlingua.models.system import Interlingua
 
@@ -74,14 +74,7 @@ def compare_receiver_heads(system: Interlingua, examples: Sequence[SquadExample]
 
 def paired_against(rows: Sequence[dict], reference: Sequence[dict]) -> dict:
     """``{conditioning: {"sender -> receiver": {"delta_f1", "se", "n"}}}`` of the read rows (not shuffled)."""
-    def by_pair(group: Sequence[dict]) -> dict:
-        out: dict = {}
-        for r in group:
-            if r["mode"] != "shuffled":
-                out.setdefault((r["conditioning"], f"{r['sender']} -> {r['model']}"), {})[r["id"]] = r["f1"]
-        return out
-
-    mine, theirs = by_pair(rows), by_pair(reference)
+    mine, theirs = per_example_f1(rows), per_example_f1(reference)
     paired: dict = {}
     for (conditioning, pair), f1 in mine.items():
         delta, se, n = paired_difference(f1, theirs.get((conditioning, pair), {}))

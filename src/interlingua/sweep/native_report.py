@@ -196,32 +196,28 @@ def plot_native_frontier(rows: Sequence[dict], path: Path, text: Optional[dict],
     FigureCanvasAgg(fig)
     by_bytes, by_positions = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     receivers = sorted({pair_models(p)[1] for row in rows for p in row["pairs"]} | set(text or {}))
+
+    def on_both(kind: str, points: list[tuple], **style) -> None:
+        """``points``: (bytes, positions, F1), drawn on the bytes axis and on the positions axis alike."""
+        for axis, x in ((by_bytes, 0), (by_positions, 1)):
+            getattr(axis, kind)([p[x] for p in points], [p[2] for p in points], **style)
+
     for index, receiver in enumerate(receivers):
         colour = f"C{index}"
+        pairs = [v for row in rows for p, v in row["pairs"].items() if pair_models(p)[1] == receiver]
         for own, marker, fill in ((True, "o", colour), (False, "s", "none")):
-            points = [(v["bytes"], v["z_positions"], v["f1"]) for row in rows for p, v in row["pairs"].items()
-                      if pair_models(p)[1] == receiver and v["own"] == own]
+            points = [(v["bytes"], v["z_positions"], v["f1"]) for v in pairs if v["own"] == own]
             if points:
-                label = f"{receiver} {'own' if own else 'cross'} z"
-                by_bytes.scatter([p[0] for p in points], [p[2] for p in points], marker=marker, facecolors=fill,
-                                 edgecolors=colour, label=label)
-                by_positions.scatter([p[1] for p in points], [p[2] for p in points], marker=marker,
-                                     facecolors=fill, edgecolors=colour, label=label)
-        controls = [(v["bytes"], v["z_positions"], v["shuffled_f1"]) for row in rows for p, v in row["pairs"].items()
-                    if pair_models(p)[1] == receiver]
-        if controls:
-            label = f"{receiver} shuffled z (control)"
-            by_bytes.scatter([c[0] for c in controls], [c[2] for c in controls], marker="x", color=colour, label=label)
-            by_positions.scatter([c[1] for c in controls], [c[2] for c in controls], marker="x", color=colour,
-                                 label=label)
+                on_both("scatter", points, marker=marker, facecolors=fill, edgecolors=colour,
+                        label=f"{receiver} {'own' if own else 'cross'} z")
+        if pairs:
+            on_both("scatter", [(v["bytes"], v["z_positions"], v["shuffled_f1"]) for v in pairs], marker="x",
+                    color=colour, label=f"{receiver} shuffled z (control)")
         curve = sorted((v[receiver]["mean_context_gzip_bytes"], v[receiver]["mean_context_positions"],
                         v[receiver]["f1"]) for v in (budget or {}).values() if receiver in v)
-        if curve:
-            label = f"{receiver} token budget (text cut to the same positions)"
-            by_bytes.plot([c[0] for c in curve], [c[2] for c in curve], "--D", color=colour, markersize=4,
-                          label=label + ", gzip B")  # markers: a single window is still visible
-            by_positions.plot([c[1] for c in curve], [c[2] for c in curve], "--D", color=colour, markersize=4,
-                              label=label)
+        if curve:  # markers: a single window is still visible
+            on_both("plot", curve, linestyle="--", marker="D", color=colour, markersize=4,
+                    label=f"{receiver} token budget (text cut to the same positions)")
         if text and receiver in text:
             by_positions.axhline(text[receiver]["text"]["f1"], color=colour, linestyle=":", linewidth=1,
                                  label=f"{receiver} whole text prompt")
