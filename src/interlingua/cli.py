@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(base.data.source=DIR base.train.steps=40), the rest the sweep (grid.precision=[fp16,int4])")
     p.add_argument("--output-dir", "-o", default=None, help="sweep folder (default: the sweep file's output_dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (one line per cell still)")
+    p.add_argument("--report", action="store_true",
+                   help="train and evaluate nothing: write the table and plot of the planned cells finished so far")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compare", help="finished runs side by side: ablation table (MD/JSON) and training curves (PNG)")
@@ -152,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from interlingua.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.config, args.overrides)
-    out_dir = run_sweep(sweep, output_dir=args.output_dir, progress=not args.quiet)
+    out_dir = run_sweep(sweep, output_dir=args.output_dir, progress=not args.quiet, report_only=args.report)
     print(f"\nwrote {out_dir}/")
     print((out_dir / "table.md").read_text())
     return 0
@@ -207,19 +209,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    """The native design before any training: ``<output_dir>/step_000000`` (evaluate it with ``eval``)."""
+    """The native design before any training: ``<output_dir>/step_000000`` (evaluate it with ``eval``); with
+    ``train.init_from`` the new shape as training would start it (the start checkpoint's matching tensors)."""
     from interlingua.artifacts.files import prepare_run_dir
     from interlingua.artifacts.layout import checkpoint_dir
     from interlingua.models.system import load_frozen_models
     from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
-    from interlingua.training.recipe import initial_model
+    from interlingua.training.recipe import starting_model
 
     config = resolve_config(args)
     if config.interlingua.design.value != "native":
         raise ConfigError("`interlingua bridge` needs interlingua.design=native (e.g. --config native)")
     seed_everything(config.runtime.seed)
     device = resolve_device(config.runtime.device)
-    model = initial_model(config, *load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype)))
+    model = starting_model(config, *load_frozen_models(config, device, frozen_dtype(device, config.runtime.dtype)))
     out = prepare_run_dir(config, config.output_dir("bridge"))
     target = checkpoint_dir(out, 0)
     model.save_pretrained(target)

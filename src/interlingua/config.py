@@ -63,6 +63,11 @@ class NativeDecoder(str, Enum):
     LINEAR = "linear"  # the fitted linear map Q_m
 
 
+class PoolMode(str, Enum):
+    WINDOW = "window"  # k neighbours -> one vector, learnable weights that start as the mean
+    PREFIX = "prefix"  # the first ceil(T / k) positions of the refined z; the refiner sees all T
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -140,6 +145,12 @@ class InterlinguaConfig:
     pool_window: str = "1"
     """native: ``1`` (one z vector per sender token, 1.0x), ``k`` (k consecutive vectors pooled with
     learnable weights that start as the mean) or ``all`` (one vector: the seed's pool)."""
+    pool_mode: PoolMode = PoolMode.WINDOW
+    """native, ``pool_window`` k > 1: how T positions become ceil(T / k). ``window``: each k consecutive
+    vectors pooled (weights start as the mean, which carries little: docs/compression.md). ``prefix``: the first
+    ceil(T / k) positions of the refined z are kept; the refiner attends over all T positions, so training
+    can move what the dropped positions held into the kept ones, and at the start the kept positions read
+    exactly as the uncompressed z's first ones do."""
     decoder: NativeDecoder = NativeDecoder.VOCAB
     """native: how a receiver turns z into soft tokens: ``vocab`` (attention over its own vocabulary
     embeddings) or ``linear`` (the fitted map Q_m)."""

@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 
-from interlingua.config import ConfigError, ModelConfig, PromptFormat, config_from_dict, config_to_dict, load_config
+from interlingua.config import (
+    ConfigError,
+    ModelConfig,
+    PoolMode,
+    PromptFormat,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 from interlingua.data.prompts import context_prompt, question_suffix, text_prompt
 from interlingua.eval.jobs import eval_job
 from interlingua.models.bridge.fit import (
@@ -217,11 +225,28 @@ def test_window_pool_starts_as_the_mean_and_respects_the_mask():
     assert one is z
 
 
+def test_prefix_pool_keeps_the_first_ceil_t_over_k_positions_of_each_example():
+    z = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    pool = WindowPool(2, PoolMode.PREFIX)
+    assert pool.logits is None and not list(pool.parameters())  # nothing to learn: the refiner does the work
+    kept, kept_mask = pool(z, mask)
+    assert kept.shape == (2, 3, 3) and kept_mask.tolist() == [[True, True, True], [True, True, False]]
+    torch.testing.assert_close(kept[0], z[0, :3])
+    torch.testing.assert_close(kept[1, :2], z[1, :2])
+    assert kept[1, 2].abs().sum() == 0  # beyond ceil(3 / 2) = 2: padding
+    kept4, mask4 = WindowPool(4, PoolMode.PREFIX)(z, mask)
+    assert kept4.shape == (2, 2, 3) and mask4.tolist() == [[True, True], [True, False]]
+
+
 def test_pool_window_config_is_checked():
     with pytest.raises(ConfigError, match="interlingua.pool_window"):
         load_config("tiny", ["interlingua.pool_window=zero"])
     assert load_config("tiny", ["interlingua.pool_window=all"]).interlingua.pool_size is None
     assert load_config("tiny", ["interlingua.pool_window=4"]).interlingua.pool_size == 4
+    assert load_config("tiny", ["interlingua.pool_mode=prefix"]).interlingua.pool_mode == PoolMode.PREFIX
+    with pytest.raises(ConfigError, match="interlingua.pool_mode"):
+        load_config("tiny", ["interlingua.pool_mode=middle"])
     with pytest.raises(ConfigError, match="eval.conditionings"):
         load_config("tiny", ["eval.conditionings=[sideways]"])
 
@@ -334,6 +359,18 @@ def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, 
     assert len(linear) == 4 * 2 * 3  # 2 senders x 2 receivers, read and shuffled, 3 examples
     assert metrics["native"]["bridge_fit"]["models"] == ["tiny-llama", "tiny-qwen2"]
     assert main(["bridge", "--config", "tiny", f"data.source={SQUAD_MINI}", "-o", str(out)]) == 2  # pooled design
+
+    # with train.init_from: the new shape as training would start it (here a trained-looking residual)
+    start = InterlinguaModel.from_pretrained(out / "step_000000")
+    with torch.no_grad():
+        start.refiner.out_proj.weight.normal_()
+    start.save_pretrained(tmp_path / "trained")
+    assert main(["bridge", "--config", "tiny", "interlingua.design=native", f"data.source={SQUAD_MINI}",
+                 "interlingua.pool_window=4", "interlingua.pool_mode=prefix", f"train.init_from={tmp_path / 'trained'}",
+                 "-o", str(tmp_path / "prefix"), "-q"]) == 0
+    prefix = InterlinguaModel.from_pretrained(tmp_path / "prefix" / "step_000000")
+    assert prefix.spec.interlingua.pool_window == "4" and prefix.spec.interlingua.pool_mode.value == "prefix"
+    assert torch.equal(prefix.refiner.out_proj.weight, start.refiner.out_proj.weight)
 
 
 def test_receiver_heads_are_compared_in_one_evaluation(three_system, tmp_path, monkeypatch):
@@ -467,6 +504,18 @@ def test_a_compressed_shape_starts_from_the_uncompressed_checkpoint(three_lms, t
     assert all(torch.equal(a, b) for a, b in zip(pooled.receivers.state_dict().values(),
                                                    trained.receivers.state_dict().values()))
     assert torch.equal(pooled.pool.logits, torch.zeros(2))  # the new window weights start as the mean
+
+    # prefix: at the start the kept positions are exactly the uncompressed z's first ceil(T / k)
+    prefix = starting_model(native_config("interlingua.pool_window=3", "interlingua.pool_mode=prefix", source),
+                            three_lms, encoder)
+    for key in THREE:
+        with torch.no_grad():
+            whole = Interlingua(trained, three_lms, encoder).encode_z(key, TEXTS)
+            kept = Interlingua(prefix, three_lms, encoder).encode_z(key, TEXTS)
+        lengths = whole.mask.sum(1)
+        assert kept.mask.sum(1).tolist() == ((lengths + 2) // 3).tolist()
+        for row, whole_row in zip(kept.rows(), whole.rows()):
+            torch.testing.assert_close(row, whole_row[: len(row)])
 
     narrow = starting_model(native_config("interlingua.d_inter=16", source), three_lms, encoder)
     fresh = initial_model(native_config("interlingua.d_inter=16"), three_lms, encoder)

@@ -329,6 +329,8 @@ def test_the_cli_runs_a_sweep(finished_sweep, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert code == 0 and "[8/8] d_inter=16 M=2 int4 group 32: finished earlier" in printed
     assert "| d_inter | M | precision |" in printed
+    assert cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", "--report", EXTRA[0]]) == 0
+    assert "--report: 8 of 8 cells finished; nothing is trained or evaluated" in capsys.readouterr().out
     assert cli_main(["sweep", "--config", TINY_SWEEP, "-o", str(out), "-q", "grid.bits=[4]"]) == 2
     assert "grid.bits is not a sweep knob" in capsys.readouterr().err
 

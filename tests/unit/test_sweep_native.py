@@ -51,6 +51,22 @@ def test_every_shape_trains_from_the_uncompressed_checkpoint_except_its_own(unco
     assert {p.cell.name for p in plan.cells} >= {"k1_d32_fp16", "k2_d16_int4_g32"}
 
 
+def test_pool_mode_is_a_shape_knob_and_k1_has_one_cell_whatever_the_mode(uncompressed, tmp_path):
+    plan = plan_sweep(native_sweep(uncompressed, "grid.pool_mode=[window,prefix]", "grid.d_inter=[32]",
+                                   "grid.precision=[fp16]"), tmp_path)
+    assert [p.cell.name for p in plan.cells] == ["k1_d32_fp16", "k2_d32_fp16", "k2prefix_d32_fp16"]
+    assert plan.cells[0].fixed_checkpoint == uncompressed  # k = 1 is the start, in either mode
+    prefix = plan.cells[2]
+    assert prefix.train_config.interlingua.pool_mode.value == "prefix"
+    assert prefix.train_dir.name == "k2prefix_d32" and prefix.train_dir != plan.cells[1].train_dir
+    assert prefix.cell.as_dict()["pool_mode"] == "prefix"
+    with pytest.raises(ConfigError, match="grid.pool_mode: unknown mode 'middle'"):
+        native_sweep(uncompressed, "grid.pool_mode=[middle]")
+    pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.pool_mode=[prefix]"])
+    with pytest.raises(ConfigError, match="grid.pool_mode is a knob of the native design"):
+        plan_sweep(pooled, tmp_path)
+
+
 def test_a_native_sweep_is_refused_without_a_start_or_with_the_pooled_knob(uncompressed, tmp_path):
     with pytest.raises(ConfigError, match="base.train.init_from"):
         plan_sweep(load_sweep(NATIVE_TINY, [f"base.data.source={SQUAD_MINI}"]), tmp_path)
@@ -142,6 +158,37 @@ def test_a_second_native_run_recomputes_nothing(finished_native_sweep, uncompres
     lines = []
     run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append)
     assert sum("finished earlier" in line for line in lines) == 8
+
+
+@pytest.mark.e2e
+def test_report_writes_the_finished_cells_and_computes_nothing(finished_native_sweep, uncompressed, monkeypatch,
+                                                                tmp_path):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished_native_sweep[0], out)
+    for path in (out / "cells").glob("k2_*"):
+        path.unlink()
+    shutil.rmtree(out / "window_budget")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("computed")
+
+    monkeypatch.setattr(runner, "train", fail)
+    monkeypatch.setattr(runner, "evaluate_native_cell", fail)
+    lines = []
+    run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append, report_only=True)
+    table = json.loads((out / "table.json").read_text())
+    assert (table["cells_finished"], table["cells_planned"]) == (4, 8)
+    assert {row["cell"] for row in table["rows"]} == {"k=1 d=32 fp16", "k=1 d=32 int4 g32", "k=1 d=16 fp16",
+                                                      "k=1 d=16 int4 g32"}
+    assert set(table["token_budget"]) == {"1"}  # the text cut only for the finished cells' window
+    assert "partial" in (out / "table.md").read_text().lower()
+    assert any("4 of 8 cells finished" in line for line in lines)
+    for path in (out / "cells").glob("*.json"):
+        path.unlink()
+    with pytest.raises(ConfigError, match="none of the 8 planned cells is finished"):
+        run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append, report_only=True)
 
 
 def json_rows(out):

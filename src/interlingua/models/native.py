@@ -11,7 +11,8 @@ Sender side, for the frozen token embeddings ``E_a (B, T, d_a)`` of model a::
     z0 = P_a(E_a / rms_a)                                # fitted encoder map      (B, T, d_inter)
     z  = z0 + out_proj(Refine(z0, anchor))               # out_proj starts at 0    (B, T, d_inter)
     z  = pool_window(z)                                  # 1: as is; k: learnable weights (start: the
-                                                         # mean) over k neighbours; all: one vector
+                                                         # mean) over k neighbours, or (pool_mode=prefix)
+                                                         # the first ceil(T / k) positions; all: one vector
 
 Receiver side, for model b::
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from interlingua.config import NativeDecoder, Positions
+from interlingua.config import NativeDecoder, PoolMode, Positions
 from interlingua.models.aligner import masked_mean, module_key, sinusoidal_positions
 from interlingua.models.bridge.fit import BRIDGE_METRICS_FILE
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
@@ -123,13 +124,19 @@ class Refiner(nn.Module):
 
 
 class WindowPool(nn.Module):
-    """``interlingua.pool_window``: k consecutive z vectors -> one, with learnable weights that start
-    as the mean (softmax of zeros); ``window=None`` pools a whole prompt (the seed's masked mean)."""
+    """``interlingua.pool_window``: T positions -> ceil(T / k) (``(B, 1, d)`` for ``window=None``: the seed's
+    masked mean over a whole prompt).
 
-    def __init__(self, window: int | None):
+    ``mode=window``: k consecutive z vectors -> one, with learnable weights that start as the mean (softmax
+    of zeros). ``mode=prefix``: each example keeps the first ceil(T_i / k) of its T_i positions; what the
+    others held reaches them only through the refiner, which attends over all T before this cut.
+    """
+
+    def __init__(self, window: int | None, mode: PoolMode = PoolMode.WINDOW):
         super().__init__()
-        self.window = window
-        self.logits = nn.Parameter(torch.zeros(window)) if window and window > 1 else None
+        self.window, self.mode = window, PoolMode(mode)
+        pooled = window is not None and window > 1 and self.mode == PoolMode.WINDOW
+        self.logits = nn.Parameter(torch.zeros(window)) if pooled else None
 
     def forward(self, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, T, d)``, ``(B, T)`` -> ``(B, ceil(T / k), d)``, ``(B, ceil(T / k))`` (``(B, 1, d)`` for all)."""
@@ -138,6 +145,11 @@ class WindowPool(nn.Module):
         if self.window == 1:
             return z, mask
         k = self.window
+        if self.mode == PoolMode.PREFIX:
+            keep = (mask.sum(1, keepdim=True) + k - 1) // k  # (B, 1): ceil(T_i / k)
+            width = -(-z.shape[1] // k)
+            kept = torch.arange(width, device=mask.device).unsqueeze(0) < keep  # (B, width)
+            return z[:, :width] * kept.unsqueeze(-1).to(z.dtype), kept
         pad = (-z.shape[1]) % k
         z = F.pad(z, (0, 0, 0, pad))
         mask = F.pad(mask, (0, pad), value=False)
@@ -246,7 +258,7 @@ class NativeInterlingua(InterlinguaModel):
         if cfg.n_cross_layers or cfg.n_refine_layers:
             self.refiner = Refiner(d, spec.d_sem, cfg.n_heads, cfg.n_cross_layers, cfg.n_refine_layers, cfg.dropout,
                                    cfg.positions)
-        self.pool = WindowPool(cfg.pool_size)
+        self.pool = WindowPool(cfg.pool_size, cfg.pool_mode)
         self.bridge_metrics: dict | None = None
         """The fit's measurements (shared vocabulary, held-out quality), saved as ``bridge_fit.json``."""
         if bridge is not None:

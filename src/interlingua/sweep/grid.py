@@ -33,6 +33,7 @@ from interlingua.config import (
     Config,
     ConfigError,
     Pooling,
+    PoolMode,
     Precision,
     config_from_mapping,
     parse_override,
@@ -43,11 +44,12 @@ GRID_KEYS = {
     "d_inter": "interlingua.d_inter",
     "num_slots": "interlingua.num_slots",
     "pool_window": "interlingua.pool_window",
+    "pool_mode": "interlingua.pool_mode",
     "precision": "compression.precision",
     "group_size": "compression.group_size",
 }
-"""Grid knob -> the run-config key it sets. ``d_inter``, ``num_slots`` and ``pool_window`` change the trained shape;
-``num_slots`` belongs to the pooled designs, ``pool_window`` to the native one."""
+"""Grid knob -> the run-config key it sets. ``d_inter``, ``num_slots``, ``pool_window`` and ``pool_mode`` change the
+trained shape; ``num_slots`` belongs to the pooled designs, ``pool_window`` and ``pool_mode`` to the native one."""
 REFERENCE_CELL = {"d_inter": 512, "num_slots": 32, "precision": Precision.FP16}
 """The message every cell's size is compared with: the seed's shape sent as fp16."""
 TRAIN_SUBDIR = "train"
@@ -74,6 +76,10 @@ class SweepGrid:
     pool_window: Optional[List[Any]] = None
     """Native design: consecutive z vectors pooled into one (``interlingua.pool_window``), so a message has
     ceil(T / k) positions; each value trains its own checkpoint."""
+    pool_mode: Optional[List[Any]] = None
+    """Native design: how those ceil(T / k) positions are made (``interlingua.pool_mode``: ``window``, the mean of
+    k neighbours to start with, or ``prefix``, the first ones of the refined z); k = 1 has one cell whatever the
+    mode."""
     precision: Optional[List[Any]] = None
     """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4."""
     group_size: Optional[List[Any]] = None
@@ -149,6 +155,12 @@ def _grid_values(key: str, values: Any) -> list:
             except ValueError:
                 choices = ", ".join(p.value for p in Precision)
                 raise ConfigError(f"grid.precision: unknown precision {value!r}; choose from {choices}") from None
+        elif key == "pool_mode":
+            try:
+                value = PoolMode(value).value
+            except ValueError:
+                choices = ", ".join(m.value for m in PoolMode)
+                raise ConfigError(f"grid.pool_mode: unknown mode {value!r}; choose from {choices}") from None
         elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"grid.{key} values must be positive integers, got {value!r}")
         checked.append(value)
@@ -158,7 +170,7 @@ def _grid_values(key: str, values: Any) -> list:
 
 
 def _example(key: str) -> str:
-    examples = {"d_inter": "512, 256", "num_slots": "32, 16", "pool_window": "1, 4, 16"}
+    examples = {"d_inter": "512, 256", "num_slots": "32, 16", "pool_window": "1, 4, 16", "pool_mode": "window, prefix"}
     return "fp16, int8, int4" if key == "precision" else examples.get(key, "32")
 
 
@@ -323,18 +335,29 @@ class NativeCell(_WireCell):
     pool_window: int
     precision: Precision
     group_size: int
+    pool_mode: str = PoolMode.WINDOW.value
+    """How the ceil(T / k) positions are made; at k = 1 there is nothing to pool and it is always ``window``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool_mode", PoolMode(self.pool_mode).value if self.pool_window > 1
+                           else PoolMode.WINDOW.value)
 
     @property
     def shape(self) -> dict:
-        return {"d_inter": self.d_inter, "pool_window": self.pool_window}
+        return {"d_inter": self.d_inter, "pool_window": self.pool_window, "pool_mode": self.pool_mode}
+
+    @property
+    def _mode_tag(self) -> str:
+        return "" if self.pool_mode == PoolMode.WINDOW.value else self.pool_mode
 
     @property
     def shape_name(self) -> str:
-        return f"k{self.pool_window}_d{self.d_inter}"
+        return f"k{self.pool_window}{self._mode_tag}_d{self.d_inter}"
 
     @property
     def shape_label(self) -> str:
-        return f"pool_window={self.pool_window} d_inter={self.d_inter}"
+        mode = f" pool_mode={self.pool_mode}" if self._mode_tag else ""
+        return f"pool_window={self.pool_window}{mode} d_inter={self.d_inter}"
 
 
 @dataclass(frozen=True)
@@ -404,9 +427,10 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     base = sweep.run_config()
     if base.interlingua.design.value == "native":
         return plan_native_sweep(sweep, base, output_dir)
-    if sweep.grid.pool_window is not None:
-        raise ConfigError(f"grid.pool_window is a knob of the native design; sweep base {sweep.base_name!r} is "
-                          f"{base.interlingua.design.value} (its knob is grid.num_slots)")
+    for knob in ("pool_window", "pool_mode"):
+        if getattr(sweep.grid, knob) is not None:
+            raise ConfigError(f"grid.{knob} is a knob of the native design; sweep base {sweep.base_name!r} is "
+                              f"{base.interlingua.design.value} (its knob is grid.num_slots)")
     planned = [_planned_cell(sweep, cell, Path(output_dir)) for cell in expand_grid(sweep, base)]
     reference = z_shape(REFERENCE_CELL["d_inter"], REFERENCE_CELL["num_slots"], base.interlingua.pooling)
     return SweepPlan(planned, base, reference, base)
@@ -439,8 +463,9 @@ def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
     if base.interlingua.pool_size is None:
         raise ConfigError("a native sweep needs a numeric base interlingua.pool_window (1 = uncompressed), not 'all'")
     defaults = {
-        "pool_window": [base.interlingua.pool_size], "d_inter": [base.interlingua.d_inter],
-        "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
+        "pool_window": [base.interlingua.pool_size], "pool_mode": [PoolMode(base.interlingua.pool_mode).value],
+        "d_inter": [base.interlingua.d_inter], "precision": [Precision(base.compression.precision)],
+        "group_size": [base.compression.group_size],
     }
     return _product(sweep, NativeCell, defaults)
 
@@ -473,10 +498,13 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
         start_spec = read_spec(start).interlingua
     except Exception as err:  # CheckpointError and friends: say which key pointed there
         raise ConfigError(f"base.train.init_from={start}: {err}") from None
-    start_shape = (str(start_spec.pool_window), start_spec.d_inter)
+    start_shape = None
+    if start_spec.pool_size is not None:
+        start_shape = NativeCell(start_spec.d_inter, start_spec.pool_size, Precision.FP32, 0,
+                                 PoolMode(start_spec.pool_mode).value).shape_name
     planned = [
-        _planned_cell(sweep, cell, Path(output_dir), start if (str(cell.pool_window), cell.d_inter) == start_shape
-                      and not sweep.qat else None)
+        _planned_cell(sweep, cell, Path(output_dir), start if cell.shape_name == start_shape and not sweep.qat
+                      else None)
         for cell in expand_native_grid(sweep, base)
     ]
     return SweepPlan(planned, base, (-1, base.interlingua.d_inter), base)

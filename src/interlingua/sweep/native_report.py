@@ -98,7 +98,8 @@ def native_rows(results: Sequence[dict], budget: Optional[dict], text: Optional[
 
 def _cell_name(cell: dict) -> str:
     group = f" g{cell['group_size']}" if cell.get("group_size") else ""
-    return f"k={cell['pool_window']} d={cell['d_inter']} {cell['precision']}{group}"
+    mode = f" {cell['pool_mode']}" if cell.get("pool_mode", "window") != "window" else ""
+    return f"k={cell['pool_window']}{mode} d={cell['d_inter']} {cell['precision']}{group}"
 
 
 def flat_native_table(rows: Sequence[dict]) -> tuple[list[str], list[list[object]]]:

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from interlingua.artifacts.files import run_info, write_json, write_jsonl
 from interlingua.artifacts.layout import checkpoint_dir, latest_checkpoint, read_trainer_state
 from interlingua.codec.message import message_size
-from interlingua.config import Config, config_to_dict
+from interlingua.config import Config, ConfigError, config_to_dict
 from interlingua.eval.jobs import validation_examples
 from interlingua.eval.latent import SentZ, evaluate_own_latent
 from interlingua.models.interlingua import CheckpointError
@@ -56,6 +56,7 @@ def run_sweep(
     output_dir: Optional[Path] = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    report_only: bool = False,
 ) -> Path:
     """Compute every cell not already finished, then write ``table.{md,csv,json}`` and ``pareto.png``.
 
@@ -64,6 +65,9 @@ def run_sweep(
         output_dir: the sweep folder; default ``sweep.output_dir``.
         progress: progress bars of training and decoding.
         echo: where the one line per cell event goes.
+        report_only: train and evaluate nothing: the tables and plot of the cells finished so far (a
+            partial table of a long sweep, or of cells finished by runs with different grids). The text
+            references are still read, and the token budget computed for the finished cells' windows only.
     Returns:
         The sweep folder.
     Raises:
@@ -72,6 +76,13 @@ def run_sweep(
     """
     out = Path(output_dir or sweep.output_dir)
     plan = plan_sweep(sweep, out)
+    stored = {p.cell.name: _finished_result(out / CELLS_SUBDIR / f"{p.cell.name}.json", p) for p in plan.cells}
+    if report_only:
+        if not any(stored.values()):
+            raise ConfigError(f"--report: none of the {len(plan.cells)} planned cells is finished in "
+                              f"{out}/{CELLS_SUBDIR}")
+        echo(f"--report: {sum(v is not None for v in stored.values())} of {len(plan.cells)} cells finished; "
+             "nothing is trained or evaluated")
     evaluator = _Evaluator(progress)
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
     reference_bytes = None if plan.native else message_size(plan.reference_shape, "fp16", 0)  # native: per message
@@ -84,7 +95,7 @@ def run_sweep(
         references = text_references(config, evaluator.validation(config), lms, folder, named=bool(sweep.baselines),
                                      progress=progress, echo=echo)
         if plan.native:
-            windows = sorted({p.cell.pool_window for p in plan.cells})
+            windows = sorted({p.cell.pool_window for p in plan.cells if stored[p.cell.name] or not report_only})
             window_budget = window_budget_references(config, evaluator.validation(config), lms, windows,
                                                      out / WINDOW_BUDGET_SUBDIR, progress, echo)
 
@@ -103,10 +114,11 @@ def run_sweep(
     for index, planned in enumerate(plan.cells, 1):
         prefix = f"[{index}/{len(plan.cells)}] {planned.cell.label}"
         path = out / CELLS_SUBDIR / f"{planned.cell.name}.json"
-        stored = _finished_result(path, planned)
-        if stored is not None:
+        if stored[planned.cell.name] is not None:
             echo(f"{prefix}: finished earlier, kept ({path})")
-            results.append(stored)
+            results.append(stored[planned.cell.name])
+            continue
+        if report_only:
             continue
         started, steps = time.monotonic(), _steps_to_train(planned)
         checkpoint = _trained_checkpoint(
