@@ -23,6 +23,7 @@ from interlingua.config import (
     InterlinguaConfig,
     NativeDecoder,
     Pooling,
+    PoolMode,
     Positions,
     Precision,
     PromptFormat,
@@ -348,7 +349,7 @@ def test_the_old_ignore_lists_are_gone():
 def _every_enum_off_default() -> InterlinguaConfig:
     return InterlinguaConfig(d_inter=16, num_slots=2, n_heads=4, pooling=Pooling.QUERIES, anchor=AnchorKind.TOKENS,
                              positions=Positions.SINUSOIDAL, conditioning=Conditioning.HYBRID, design=Design.NATIVE,
-                             decoder=NativeDecoder.LINEAR, pool_window="2")
+                             decoder=NativeDecoder.LINEAR, pool_window="2", pool_mode=PoolMode.PREFIX)
 
 
 def _enum_fields(node) -> int:
@@ -359,7 +360,7 @@ def _enum_fields(node) -> int:
 def test_spec_round_trips_with_every_enum_field(tmp_path):
     spec = InterlinguaSpec(models=[FrozenModelInfo("a", 8, 0.125), FrozenModelInfo("b", 6, 1.5)], encoder="e",
                            d_sem=4, interlingua=_every_enum_off_default())
-    assert _enum_fields(spec) == 6  # pooling, anchor, positions, conditioning, design, decoder
+    assert _enum_fields(spec) == 7  # pooling, anchor, positions, conditioning, design, decoder, pool_mode
     stored = json.loads(json.dumps(spec.to_json()))
     assert stored["format_version"] == 1 and stored["interlingua"]["pooling"] == "queries"
     assert stored["interlingua"]["decoder"] == "linear" and stored["models"][0] == asdict(spec.models[0])
@@ -379,7 +380,7 @@ def test_spec_round_trips_with_every_enum_field(tmp_path):
 def test_config_round_trips_with_every_enum_field(tmp_path):
     config = tiny("models.0.prompt_format=chat", "models.1.prompt_format=auto", "compression.precision=int4")
     config = replace(config, interlingua=_every_enum_off_default())
-    assert _enum_fields(config) == 9  # 2 prompt formats, 6 interlingua enums, the precision
+    assert _enum_fields(config) == 10  # 2 prompt formats, 7 interlingua enums, the precision
     stored = json.loads(json.dumps(config_to_dict(config)))
     assert stored["compression"]["precision"] == "int4" and stored["models"][1]["prompt_format"] == "auto"
     assert stored["interlingua"]["design"] == "native"
