@@ -151,6 +151,13 @@ class InterlinguaConfig:
     ceil(T / k) positions of the refined z are kept; the refiner attends over all T positions, so training
     can move what the dropped positions held into the kept ones, and at the start the kept positions read
     exactly as the uncompressed z's first ones do."""
+    d_wire: Optional[int] = None
+    """native: width of the message on the wire (None: ``d_inter``). A narrower wire keeps the whole
+    ``d_inter``-wide model: the sender maps z through the top ``d_wire`` principal directions of the starting
+    model's z, whitened (fitted in closed form on ``wire_fit_examples`` training prompts wherever the tensors
+    do not come from ``train.init_from``), and every receiver maps it back before its head; both maps train."""
+    wire_fit_examples: int = 512
+    """native, ``d_wire``: training prompts whose z (every sender, every kept position) the wire's PCA is fitted on."""
     decoder: NativeDecoder = NativeDecoder.VOCAB
     """native: how a receiver turns z into soft tokens: ``vocab`` (attention over its own vocabulary
     embeddings) or ``linear`` (the fitted map Q_m)."""
@@ -189,6 +196,15 @@ class InterlinguaConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"interlingua.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_wire is not None:
+            if not native:
+                raise ConfigError("interlingua.d_wire narrows the native design's message; this interlingua is "
+                                  f"{self.design.value} (its width is interlingua.d_inter): drop interlingua.d_wire")
+            if isinstance(self.d_wire, bool) or not 1 <= self.d_wire < self.d_inter:
+                raise ConfigError(f"interlingua.d_wire must be between 1 and d_inter - 1 = {self.d_inter - 1}, got "
+                                  f"{self.d_wire!r} (leave it unset, null, for a message of the full width d_inter)")
+        if self.wire_fit_examples <= 0:
+            raise ConfigError(f"interlingua.wire_fit_examples must be positive, got {self.wire_fit_examples}")
 
 
 @dataclass

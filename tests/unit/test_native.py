@@ -18,6 +18,7 @@ from interlingua.config import (
     load_config,
 )
 from interlingua.data.prompts import context_prompt, question_suffix, text_prompt
+from interlingua.data.squad import load_squad
 from interlingua.eval.jobs import eval_job
 from interlingua.models.bridge.fit import (
     BRIDGE_METRICS_FILE,
@@ -30,7 +31,7 @@ from interlingua.models.bridge.fit import (
 from interlingua.models.bridge.vocab import id_bytes, shared_strings, token_bytes
 from interlingua.models.frozen_lm import FrozenLM
 from interlingua.models.interlingua import InterlinguaModel
-from interlingua.models.native import Latent, NativeInterlingua, WindowPool
+from interlingua.models.native import Latent, NativeInterlingua, WindowPool, Wire
 from interlingua.models.system import Interlingua
 from interlingua.training.recipe import initial_model, train
 from tests.conftest import SQUAD_MINI
@@ -249,6 +250,92 @@ def test_pool_window_config_is_checked():
         load_config("tiny", ["interlingua.pool_mode=middle"])
     with pytest.raises(ConfigError, match="eval.conditionings"):
         load_config("tiny", ["eval.conditionings=[sideways]"])
+
+
+def test_d_wire_config_is_checked():
+    native = ["interlingua.design=native", "interlingua.d_inter=32"]
+    assert load_config("tiny", [*native, "interlingua.d_wire=8"]).interlingua.d_wire == 8
+    assert load_config("tiny", [*native, "interlingua.d_wire=null"]).interlingua.d_wire is None
+    with pytest.raises(ConfigError, match="narrows the native design's message.*drop interlingua.d_wire"):
+        load_config("tiny", ["interlingua.d_wire=8"])  # the pooled design
+    for width in (32, 0, 40):
+        with pytest.raises(ConfigError, match="interlingua.d_wire must be between 1 and d_inter - 1 = 31"):
+            load_config("tiny", [*native, f"interlingua.d_wire={width}"])
+    with pytest.raises(ConfigError, match="interlingua.wire_fit_examples must be positive"):
+        load_config("tiny", [*native, "interlingua.wire_fit_examples=0"])
+
+
+def test_the_wire_fit_is_the_whitened_pca_of_its_rows():
+    """Message coordinates: decorrelated, unit variance, ordered by the variance they carry; the way back is
+    the best rank-d_wire reconstruction (its error is the variance left out, below any other rank-4 map's)."""
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16)).Q
+    spread = torch.tensor([5.0, 3.0, 2.0, 1.0] + [0.1] * 12)
+    rows = (torch.randn(4000, 16) * spread) @ basis.T + 3.0
+    wire = Wire(16, 4)
+    metrics = wire.fit(rows)
+    with torch.no_grad():
+        coords, back = wire.down(rows), wire.up(wire.down(rows))
+    torch.testing.assert_close(coords.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(coords.T), torch.eye(4), atol=1e-4, rtol=0)
+    centred = rows - rows.mean(0)
+    left_out = ((back - rows) ** 2).sum() / (centred**2).sum()
+    assert metrics["rows"] == 4000 and metrics["explained_variance"] == pytest.approx(1 - float(left_out), abs=1e-4)
+    assert metrics["explained_variance"] == pytest.approx(39 / 39.12, abs=0.002)  # variances 25, 9, 4, 1 of 39.12
+    directions = torch.linalg.qr(torch.randn(16, 4)).Q  # any other rank-4 projection reconstructs worse
+    other = centred @ directions @ directions.T
+    assert ((other - centred) ** 2).sum() > ((back - rows) ** 2).sum()
+    with pytest.raises(ValueError, match="needs more than d_wire = 4 z vectors, got 4"):
+        Wire(16, 4).fit(rows[:4])
+    with pytest.raises(ValueError, match="all equal"):
+        Wire(16, 4).fit(torch.ones(50, 16))
+
+
+def test_a_narrow_wire_starts_fitted_on_the_z_of_the_trained_start(three_lms, tmp_path, monkeypatch):
+    """interlingua.d_wire: every trained tensor of train.init_from is kept, the wire is fitted on the z that
+    start encodes, messages carry d_wire values per position, and the receivers read them back to d_inter."""
+    from interlingua.models.encoder import SentenceEncoder
+    from interlingua.training import init
+    from interlingua.training.recipe import starting_model
+
+    encoder = SentenceEncoder("tiny-encoder")
+    torch.manual_seed(0)
+    trained = initial_model(native_config(), three_lms, encoder)
+    with torch.no_grad():
+        trained.refiner.out_proj.weight.normal_()  # stands for a trained residual
+    trained.save_pretrained(tmp_path / "start")
+    config = native_config("interlingua.d_wire=8", f"train.init_from={tmp_path / 'start'}")
+    narrow = starting_model(config, three_lms, encoder)
+    assert torch.equal(narrow.refiner.out_proj.weight, trained.refiner.out_proj.weight)
+    assert narrow.z_shape == (-1, 8)
+    metrics = narrow.wire_metrics
+    assert metrics["examples"] == len(load_squad("train", SQUAD_MINI)) and metrics["senders"] == list(THREE)
+    assert 0 < metrics["explained_variance"] < 1
+    again = starting_model(config, three_lms, encoder)  # the fit is deterministic
+    assert all(torch.equal(a, b) for a, b in zip(again.wire.state_dict().values(), narrow.wire.state_dict().values()))
+
+    system = Interlingua(narrow, three_lms, encoder, config)
+    with torch.no_grad():
+        message = system.encode_z("tiny-qwen2", TEXTS)
+        with narrow.wire_bypassed():
+            whole = system.encode_z("tiny-qwen2", TEXTS)
+        read = narrow.widened(message)
+        soft = system.soft_prompt("tiny-gemma", message)
+    assert message.z.shape[-1] == 8 and whole.z.shape[-1] == 32 and read.z.shape == whole.z.shape
+    assert torch.equal(message.mask, whole.mask) and soft.embeddings.shape[-1] == three_lms["tiny-gemma"].hidden_size
+    centred = whole.z[whole.mask] - whole.z[whole.mask].mean(0)
+    residual = ((read.z - whole.z)[whole.mask] ** 2).sum() / (centred**2).sum()
+    assert residual < 1.0  # the receivers read z, up to the variance the 8 directions leave out
+
+    # saved and loaded, with its fit; a start that already has a wire keeps it instead of refitting
+    narrow.save_pretrained(tmp_path / "narrow")
+    loaded = InterlinguaModel.from_pretrained(tmp_path / "narrow")
+    assert loaded.wire_metrics == metrics
+    assert all(torch.equal(a, b) for a, b in zip(loaded.wire.state_dict().values(), narrow.wire.state_dict().values()))
+    monkeypatch.setattr(init, "fit_wire", lambda *a, **k: pytest.fail("refitted a wire the start already has"))
+    resumed = starting_model(native_config("interlingua.d_wire=8", f"train.init_from={tmp_path / 'narrow'}"),
+                             three_lms, encoder)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.wire.state_dict().values(), narrow.wire.state_dict().values()))
 
 
 def test_native_checkpoint_round_trip(three_system, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,43 @@ def test_pool_mode_is_a_shape_knob_and_k1_has_one_cell_whatever_the_mode(uncompr
     pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.pool_mode=[prefix]"])
     with pytest.raises(ConfigError, match="grid.pool_mode is a knob of the native design"):
         plan_sweep(pooled, tmp_path)
+
+
+def test_d_wire_is_a_shape_knob_whose_null_is_the_full_width(uncompressed, tmp_path):
+    plan = plan_sweep(native_sweep(uncompressed, "grid.pool_window=[1]", "grid.d_inter=[32]", "grid.d_wire=[null,8]",
+                                   "grid.precision=[fp16,int4]"), tmp_path)
+    assert [p.cell.name for p in plan.cells] == ["k1_d32_fp16", "k1_d32_int4_g32", "k1_d32_w8_fp16",
+                                                 "k1_d32_w8_int4_g32"]  # the shapes' cells adjacent
+    full, narrow = plan.cells[0], plan.cells[2]
+    assert full.fixed_checkpoint == uncompressed and narrow.fixed_checkpoint is None  # a new shape trains
+    assert full.train_config.interlingua.d_wire is None and narrow.train_config.interlingua.d_wire == 8
+    assert narrow.train_dir.name == "k1_d32_w8" and narrow.cell.as_dict()["d_wire"] == 8
+    assert "d_wire" not in full.cell.as_dict()  # the cells of earlier sweeps keep their names and records
+    with pytest.raises(ConfigError, match="grid.d_wire values must be positive integers or null"):
+        native_sweep(uncompressed, "grid.d_wire=[0]")
+    with pytest.raises(ConfigError, match="sweep cell .*d_wire=32.*interlingua.d_wire must be between"):
+        plan_sweep(native_sweep(uncompressed, "grid.d_wire=[32]"), tmp_path)
+    pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.d_wire=[8]"])
+    with pytest.raises(ConfigError, match="grid.d_wire is a knob of the native design"):
+        plan_sweep(pooled, tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_narrow_wire_cell_trains_and_sends_d_wire_values_per_position(finished_native_sweep, uncompressed,
+                                                                        tmp_path):
+    """One cell of grid.d_wire end to end: trained from the uncompressed checkpoint with its wire fitted, the
+    message a quarter of the d_inter = 32 cell's values at the same positions, every pair beside its shuffled row."""
+    lines = []
+    run_sweep(native_sweep(uncompressed, "grid.pool_window=[2]", "grid.pool_mode=[prefix]", "grid.d_inter=[32]",
+                           "grid.d_wire=[8]", "grid.precision=[fp16]"), tmp_path, progress=False, echo=lines.append)
+    row = json.loads((tmp_path / "table.json").read_text())["rows"][0]
+    assert row["cell"] == "k=2 prefix d=32 wire 8 fp16" and row["d_wire"] == 8
+    assert set(row["pairs"]) == PAIRS and all("shuffled_f1" in v for v in row["pairs"].values())
+    wide = {r["cell"]: r for r in json.loads((finished_native_sweep[0] / "table.json").read_text())["rows"]}
+    assert row["z_positions"] == pytest.approx(wide["k=2 d=32 fp16"]["z_positions"])
+    assert row["bytes"] < 0.3 * wide["k=2 d=32 fp16"]["bytes"]
+    checkpoint = json.loads((tmp_path / "cells" / "k2prefix_d32_w8_fp16.json").read_text())["checkpoint"]["path"]
+    assert json.loads((Path(checkpoint) / "wire_fit.json").read_text())["senders"] == ["tiny-llama", "tiny-qwen2"]
 
 
 def test_a_native_sweep_is_refused_without_a_start_or_with_the_pooled_knob(uncompressed, tmp_path):

@@ -13,6 +13,8 @@ Sender side, for the frozen token embeddings ``E_a (B, T, d_a)`` of model a::
     z  = pool_window(z)                                  # 1: as is; k: learnable weights (start: the
                                                          # mean) over k neighbours, or (pool_mode=prefix)
                                                          # the first ceil(T / k) positions; all: one vector
+    m  = W_down(z)                                       # d_wire: whitened PCA of z (B, T', d_wire), the
+                                                         # message; the receiver reads W_up(m) ≈ z
 
 Receiver side, for model b::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from interlingua.models.aligner import masked_mean, module_key, sinusoidal_posit
 from interlingua.models.bridge.fit import BRIDGE_METRICS_FILE
 from interlingua.models.interlingua import InterlinguaModel, InterlinguaSpec
 
+WIRE_METRICS_FILE = "wire_fit.json"
 SEARCH_CHUNK = 512  # query rows scored against a whole vocabulary at once (chunk x V floats)
 SEARCH_CANDIDATES = 8  # x top_k: the candidates a bf16 search keeps for the exact fp32 rescoring
 
@@ -160,6 +164,48 @@ class WindowPool(nn.Module):
         return pooled, member.any(-1)
 
 
+class Wire(nn.Module):
+    """``interlingua.d_wire``: z ``(…, d_inter)`` -> the message ``(…, d_wire)`` at the sender, and back at the
+    receiver. :meth:`fit` sets both maps in closed form to the whitened PCA of a sample of z: the message is
+    z's top ``d_wire`` principal coordinates, each of unit variance (so one int4/int8 scale per group serves
+    them all), and the way back is the best rank-``d_wire`` linear reconstruction of z."""
+
+    def __init__(self, d_inter: int, d_wire: int):
+        super().__init__()
+        self.down = nn.Linear(d_inter, d_wire)
+        self.up = nn.Linear(d_wire, d_inter)
+
+    @property
+    def width(self) -> int:
+        return self.down.out_features
+
+    def fit(self, rows: Tensor) -> dict:
+        """Set the maps to the whitened PCA of ``rows (N, d_inter)``; returns ``{"rows", "explained_variance"}``.
+
+        Raises:
+            ValueError: fewer than ``d_wire + 1`` rows, or rows with no spread (nothing to fit the directions to).
+        """
+        rows = rows.detach().double()
+        if rows.shape[0] <= self.width:
+            raise ValueError(f"the wire's PCA needs more than d_wire = {self.width} z vectors, got {rows.shape[0]}; "
+                             "raise interlingua.wire_fit_examples")
+        mean = rows.mean(0)
+        centred = rows - mean
+        variances, directions = torch.linalg.eigh(centred.T @ centred / (rows.shape[0] - 1))  # ascending
+        top, spread = directions[:, -self.width:].flip(-1), variances[-self.width:].flip(0)  # (d, w), (w,)
+        if not spread[0] > 0:
+            raise ValueError("the z vectors the wire is fitted on are all equal: nothing to fit its directions to")
+        scale = spread.clamp_min(spread[0] * 1e-8).sqrt()  # (w,)
+        down = (top / scale).T  # (w, d): whitened coordinates
+        with torch.no_grad():
+            self.down.weight.copy_(down)
+            self.down.bias.copy_(-(down @ mean))
+            self.up.weight.copy_(top * scale)
+            self.up.bias.copy_(mean)
+        return {"rows": int(rows.shape[0]),
+                "explained_variance": float(spread.clamp_min(0).sum() / variances.clamp_min(0).sum())}
+
+
 class ReceiverHead(nn.Module):
     """z -> soft tokens for one receiver (module docstring); selectable ``vocab`` or ``linear`` decoder."""
 
@@ -259,6 +305,10 @@ class NativeInterlingua(InterlinguaModel):
             self.refiner = Refiner(d, spec.d_sem, cfg.n_heads, cfg.n_cross_layers, cfg.n_refine_layers, cfg.dropout,
                                    cfg.positions)
         self.pool = WindowPool(cfg.pool_size, cfg.pool_mode)
+        self.wire = Wire(d, cfg.d_wire) if cfg.d_wire is not None else None
+        self.wire_metrics: dict | None = None
+        """The wire's closed-form fit (rows, explained variance), saved as ``wire_fit.json``."""
+        self._wire_bypassed = False
         self.bridge_metrics: dict | None = None
         """The fit's measurements (shared vocabulary, held-out quality), saved as ``bridge_fit.json``."""
         if bridge is not None:
@@ -281,13 +331,31 @@ class NativeInterlingua(InterlinguaModel):
 
     def save_pretrained(self, directory) -> None:
         super().save_pretrained(directory)
-        if self.bridge_metrics is not None:
-            (Path(directory) / BRIDGE_METRICS_FILE).write_text(json.dumps(self.bridge_metrics, indent=2) + "\n")
+        for name, metrics in ((BRIDGE_METRICS_FILE, self.bridge_metrics), (WIRE_METRICS_FILE, self.wire_metrics)):
+            if metrics is not None:
+                (Path(directory) / name).write_text(json.dumps(metrics, indent=2) + "\n")
 
     def read_extras(self, directory) -> None:
-        path = Path(directory) / BRIDGE_METRICS_FILE
-        if path.is_file():
-            self.bridge_metrics = json.loads(path.read_text())
+        for name, attribute in ((BRIDGE_METRICS_FILE, "bridge_metrics"), (WIRE_METRICS_FILE, "wire_metrics")):
+            path = Path(directory) / name
+            if path.is_file():
+                setattr(self, attribute, json.loads(path.read_text()))
+
+    def fit_wire(self, rows: Tensor) -> dict:
+        """Fit the wire (:meth:`Wire.fit`) on z vectors ``(N, d_inter)`` taken before it (:meth:`wire_bypassed`)."""
+        if self.wire is None:
+            raise RuntimeError("this interlingua has no narrow wire (interlingua.d_wire is unset)")
+        self.wire_metrics = self.wire.fit(rows)
+        return self.wire_metrics
+
+    @contextmanager
+    def wire_bypassed(self):
+        """Within it, :meth:`encode` returns the ``d_inter``-wide z (what the wire is fitted on)."""
+        self._wire_bypassed = True
+        try:
+            yield self
+        finally:
+            self._wire_bypassed = False
 
     def attach_vocabularies(self, lms: dict) -> None:
         """Give each receiver head its model's vocabulary (keys and embeddings); needed by ``decoder=vocab``."""
@@ -303,8 +371,8 @@ class NativeInterlingua(InterlinguaModel):
 
     @property
     def z_shape(self) -> tuple[int, ...]:
-        """Per-message shape ``(T', d_inter)``; T' depends on the prompt (-1)."""
-        return (-1, self.spec.interlingua.d_inter)
+        """Per-message shape ``(T', d_wire)`` (``d_wire`` = ``d_inter`` unless narrowed); T' varies (-1)."""
+        return (-1, self.wire.width if self.wire is not None else self.spec.interlingua.d_inter)
 
     def encode(self, model_key: str, token_embeddings, token_mask, anchor, anchor_mask=None) -> Latent:
         """Frozen token embeddings ``(B, T, d_m)`` (right-padded, mask ``(B, T)``) -> :class:`Latent`."""
@@ -317,7 +385,15 @@ class NativeInterlingua(InterlinguaModel):
         if self.refiner is not None:
             z = self.refiner(z, mask, anchor, anchor_mask)
         z, mask = self.pool(z, mask)
+        if self.wire is not None and not self._wire_bypassed:
+            z = self.wire.down(z) * mask.unsqueeze(-1)
         return Latent(z, mask)
+
+    def widened(self, latent: Latent) -> Latent:
+        """A message as the receivers read it: back to ``(B, T', d_inter)`` through the wire (itself without one)."""
+        if self.wire is None:
+            return latent
+        return Latent(self.wire.up(latent.z) * latent.mask.unsqueeze(-1), latent.mask)
 
     def soft_prompt(self, model_key: str, latent: Latent) -> SoftTokens:
         """Any sender's :class:`Latent` -> soft tokens in ``model_key``'s embedding space."""
@@ -325,7 +401,7 @@ class NativeInterlingua(InterlinguaModel):
         if name not in self.receivers:
             raise KeyError(f"no receiver head for model {model_key!r}; "
                            f"this interlingua has: {', '.join(self.model_keys)}")
-        soft = self.receivers[name](latent.z)
+        soft = self.receivers[name](self.widened(latent).z)
         return SoftTokens(soft * latent.mask.unsqueeze(-1), latent.mask)
 
     def project_anchor(self, anchor: Tensor, anchor_mask: Tensor | None = None) -> Tensor:

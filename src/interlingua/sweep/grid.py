@@ -11,7 +11,7 @@ plus nested keys of the run); ``base.KEY=VALUE`` overrides reach it, every other
 Cells that share ``(d_inter, num_slots)`` share one training run (post-training quantisation); with
 ``qat: true`` every cell trains its own, quantisation-aware at its precision and group size.
 
-A base of the native design (DESIGN §8) sweeps ``pool_window x d_inter x precision`` instead
+A base of the native design (DESIGN §8) sweeps ``pool_window x pool_mode x d_inter x d_wire x precision`` instead
 (:class:`NativeCell`): every shape trains from ``base.train.init_from`` (the uncompressed checkpoint),
 and a shape equal to that checkpoint's is evaluated as it is, untrained further.
 """
@@ -45,11 +45,12 @@ GRID_KEYS = {
     "num_slots": "interlingua.num_slots",
     "pool_window": "interlingua.pool_window",
     "pool_mode": "interlingua.pool_mode",
+    "d_wire": "interlingua.d_wire",
     "precision": "compression.precision",
     "group_size": "compression.group_size",
 }
-"""Grid knob -> the run-config key it sets. ``d_inter``, ``num_slots``, ``pool_window`` and ``pool_mode`` change the
-trained shape; ``num_slots`` belongs to the pooled designs, ``pool_window`` and ``pool_mode`` to the native one."""
+"""Grid knob -> the run-config key it sets. ``d_inter``, ``num_slots``, ``pool_window``, ``pool_mode`` and ``d_wire``
+change the trained shape; ``num_slots`` belongs to the pooled designs, the last three to the native one."""
 REFERENCE_CELL = {"d_inter": 512, "num_slots": 32, "precision": Precision.FP16}
 """The message every cell's size is compared with: the seed's shape sent as fp16."""
 TRAIN_SUBDIR = "train"
@@ -80,6 +81,9 @@ class SweepGrid:
     """Native design: how those ceil(T / k) positions are made (``interlingua.pool_mode``: ``window``, the mean of
     k neighbours to start with, or ``prefix``, the first ones of the refined z); k = 1 has one cell whatever the
     mode."""
+    d_wire: Optional[List[Any]] = None
+    """Native design: widths of the message on the wire (``interlingua.d_wire``; ``null`` = the full d_inter): the
+    trained d_inter-wide model sends its z's top principal coordinates, fitted in closed form, then trained."""
     precision: Optional[List[Any]] = None
     """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4."""
     group_size: Optional[List[Any]] = None
@@ -161,8 +165,11 @@ def _grid_values(key: str, values: Any) -> list:
             except ValueError:
                 choices = ", ".join(m.value for m in PoolMode)
                 raise ConfigError(f"grid.pool_mode: unknown mode {value!r}; choose from {choices}") from None
+        elif key == "d_wire" and value is None:
+            pass  # the full width: no narrow wire
         elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"grid.{key} values must be positive integers, got {value!r}")
+            raise ConfigError(f"grid.{key} values must be positive integers{' or null' if key == 'd_wire' else ''}, "
+                              f"got {value!r}")
         checked.append(value)
     if len(set(checked)) != len(checked):
         raise ConfigError(f"grid.{key} repeats a value: {list(values)}")
@@ -170,7 +177,8 @@ def _grid_values(key: str, values: Any) -> list:
 
 
 def _example(key: str) -> str:
-    examples = {"d_inter": "512, 256", "num_slots": "32, 16", "pool_window": "1, 4, 16", "pool_mode": "window, prefix"}
+    examples = {"d_inter": "512, 256", "num_slots": "32, 16", "pool_window": "1, 4, 16", "pool_mode": "window, prefix",
+                "d_wire": "null, 64"}
     return "fp16, int8, int4" if key == "precision" else examples.get(key, "32")
 
 
@@ -337,6 +345,8 @@ class NativeCell(_WireCell):
     group_size: int
     pool_mode: str = PoolMode.WINDOW.value
     """How the ceil(T / k) positions are made; at k = 1 there is nothing to pool and it is always ``window``."""
+    d_wire: Optional[int] = None
+    """Width of the message (None: d_inter)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pool_mode", PoolMode(self.pool_mode).value if self.pool_window > 1
@@ -344,7 +354,8 @@ class NativeCell(_WireCell):
 
     @property
     def shape(self) -> dict:
-        return {"d_inter": self.d_inter, "pool_window": self.pool_window, "pool_mode": self.pool_mode}
+        shape = {"d_inter": self.d_inter, "pool_window": self.pool_window, "pool_mode": self.pool_mode}
+        return shape | ({"d_wire": self.d_wire} if self.d_wire is not None else {})
 
     @property
     def _mode_tag(self) -> str:
@@ -352,12 +363,14 @@ class NativeCell(_WireCell):
 
     @property
     def shape_name(self) -> str:
-        return f"k{self.pool_window}{self._mode_tag}_d{self.d_inter}"
+        wire = f"_w{self.d_wire}" if self.d_wire is not None else ""
+        return f"k{self.pool_window}{self._mode_tag}_d{self.d_inter}{wire}"
 
     @property
     def shape_label(self) -> str:
         mode = f" pool_mode={self.pool_mode}" if self._mode_tag else ""
-        return f"pool_window={self.pool_window}{mode} d_inter={self.d_inter}"
+        wire = f" d_wire={self.d_wire}" if self.d_wire is not None else ""
+        return f"pool_window={self.pool_window}{mode} d_inter={self.d_inter}{wire}"
 
 
 @dataclass(frozen=True)
@@ -427,7 +440,7 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     base = sweep.run_config()
     if base.interlingua.design.value == "native":
         return plan_native_sweep(sweep, base, output_dir)
-    for knob in ("pool_window", "pool_mode"):
+    for knob in ("pool_window", "pool_mode", "d_wire"):
         if getattr(sweep.grid, knob) is not None:
             raise ConfigError(f"grid.{knob} is a knob of the native design; sweep base {sweep.base_name!r} is "
                               f"{base.interlingua.design.value} (its knob is grid.num_slots)")
@@ -459,13 +472,14 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell | NativeCe
 
 
 def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
-    """Every native cell, shapes ``(pool_window, d_inter)`` outermost; a knob left out takes the base's value."""
+    """Every native cell, shapes ``(pool_window, pool_mode, d_inter, d_wire)`` outermost; a knob left out takes the
+    base's value."""
     if base.interlingua.pool_size is None:
         raise ConfigError("a native sweep needs a numeric base interlingua.pool_window (1 = uncompressed), not 'all'")
     defaults = {
         "pool_window": [base.interlingua.pool_size], "pool_mode": [PoolMode(base.interlingua.pool_mode).value],
-        "d_inter": [base.interlingua.d_inter], "precision": [Precision(base.compression.precision)],
-        "group_size": [base.compression.group_size],
+        "d_inter": [base.interlingua.d_inter], "d_wire": [base.interlingua.d_wire],
+        "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
     return _product(sweep, NativeCell, defaults)
 
@@ -501,7 +515,7 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
     start_shape = None
     if start_spec.pool_size is not None:
         start_shape = NativeCell(start_spec.d_inter, start_spec.pool_size, Precision.FP32, 0,
-                                 PoolMode(start_spec.pool_mode).value).shape_name
+                                 PoolMode(start_spec.pool_mode).value, start_spec.d_wire).shape_name
     planned = [
         _planned_cell(sweep, cell, Path(output_dir), start if cell.shape_name == start_shape and not sweep.qat
                       else None)

@@ -99,7 +99,8 @@ def native_rows(results: Sequence[dict], budget: Optional[dict], text: Optional[
 def _cell_name(cell: dict) -> str:
     group = f" g{cell['group_size']}" if cell.get("group_size") else ""
     mode = f" {cell['pool_mode']}" if cell.get("pool_mode", "window") != "window" else ""
-    return f"k={cell['pool_window']}{mode} d={cell['d_inter']} {cell['precision']}{group}"
+    wire = f" wire {cell['d_wire']}" if cell.get("d_wire") is not None else ""
+    return f"k={cell['pool_window']}{mode} d={cell['d_inter']}{wire} {cell['precision']}{group}"
 
 
 def flat_native_table(rows: Sequence[dict]) -> tuple[list[str], list[list[object]]]:

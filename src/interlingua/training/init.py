@@ -48,3 +48,37 @@ def initialise_from(model: InterlinguaModel, directory: str | Path) -> dict[str,
     log.info("train.init_from=%s: %d tensors copied, %d kept at step 0%s", directory, len(copied), len(kept),
              f" ({', '.join(kept[:6])}{', …' if len(kept) > 6 else ''})" if kept else "")
     return {"copied": sorted(copied), "kept": kept}
+
+
+def fit_wire(model, lms: dict, encoder, config) -> dict:
+    """Fit a native model's narrow wire (``interlingua.d_wire``) in closed form on the z it starts with: every
+    sender's kept positions of the first ``interlingua.wire_fit_examples`` training prompts (the order of
+    ``data.seed``), as each sender encodes them in training. Returns the fit's measurements."""
+    import torch
+
+    from interlingua.data.prompts import sender_prompt
+    from interlingua.data.squad import load_squad
+    from interlingua.models.system import Interlingua
+
+    cfg = config.interlingua
+    examples = load_squad("train", config.data.source, cfg.wire_fit_examples, config.data.seed)
+    tokenizers = [lm.tokenizer for lm in lms.values()]
+    texts = [sender_prompt(tokenizers, e.context, e.question, config.data.max_prompt_tokens, cfg.conditioning)
+             for e in examples]
+    system = Interlingua(model, lms, encoder, config)
+    was_training = model.training
+    model.eval()  # dropout off: the directions of the z the receivers will read
+    try:
+        with model.wire_bypassed():
+            rows = [row for key in lms for row in system.encode_rows(key, texts)]
+    finally:
+        model.train(was_training)
+    try:
+        metrics = model.fit_wire(torch.cat(rows))
+    except ValueError as err:
+        raise ValueError(f"interlingua.d_wire={cfg.d_wire}: {err}") from None
+    metrics = {"examples": len(texts), "senders": list(lms), **metrics}
+    model.wire_metrics = metrics
+    log.info("interlingua.d_wire=%d: wire fitted on %d z vectors of %d prompts; it keeps %.1f%% of their variance",
+             cfg.d_wire, metrics["rows"], len(texts), 100 * metrics["explained_variance"])
+    return metrics

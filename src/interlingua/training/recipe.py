@@ -142,12 +142,18 @@ def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
 
 
 def starting_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
-    """:func:`initial_model`, then the matching tensors of ``train.init_from`` when it is set."""
+    """:func:`initial_model`, then the matching tensors of ``train.init_from`` when it is set; a narrow wire
+    (``interlingua.d_wire``) that does not come from there is then fitted on the z this model starts with."""
     model = initial_model(config, lms, encoder)
+    copied: list[str] = []
     if config.train.init_from:
         from interlingua.training.init import initialise_from
 
-        initialise_from(model, config.train.init_from)
+        copied = initialise_from(model, config.train.init_from)["copied"]
+    if getattr(model, "wire", None) is not None and not any(name.startswith("wire.") for name in copied):
+        from interlingua.training.init import fit_wire
+
+        fit_wire(model, lms, encoder, config)
     return model
 
 

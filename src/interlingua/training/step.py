@@ -262,7 +262,8 @@ def native_batch_loss(
                 prefix = lm.soft_tokens_prefix(tokens.embeddings, tokens.mask, [RECONSTRUCTION_CUE] * len(texts))
                 student = lm.target_logits(prefix, targets)
                 rec.append(k_token_ce(student, targets.ids, targets.mask) * share / len(senders))
-    summaries = {key: summary(latent) for key, latent in latents.items()}  # (B, d_inter)
+    # (B, d_inter): a narrow wire's message is compared as the receivers read it, in the space the terms were tuned in
+    summaries = {key: summary(system.model.widened(latent)) for key, latent in latents.items()}
     token_terms = (("gen", gen), ("kd", kd), ("kd_z", kd_z), ("rec", rec))
     terms: dict[str, Tensor] = {name: torch.stack(parts).sum() for name, parts in token_terms if parts}
     own = {key: soft[(key, key)].embeddings for key in system.lms}
