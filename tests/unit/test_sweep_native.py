@@ -80,7 +80,10 @@ def test_d_wire_is_a_shape_knob_whose_null_is_the_full_width(uncompressed, tmp_p
     assert "d_wire" not in full.cell.as_dict()  # the cells of earlier sweeps keep their names and records
     with pytest.raises(ConfigError, match="grid.d_wire values must be positive integers or null"):
         native_sweep(uncompressed, "grid.d_wire=[0]")
-    with pytest.raises(ConfigError, match="sweep cell .*d_wire=32.*interlingua.d_wire must be between"):
+    both = plan_sweep(native_sweep(uncompressed, "grid.pool_window=[1]", "grid.d_inter=[32,8]", "grid.d_wire=[null,8]",
+                                   "grid.precision=[fp16]"), tmp_path)
+    assert [p.cell.name for p in both.cells] == ["k1_d32_fp16", "k1_d32_w8_fp16", "k1_d8_fp16"]  # no d8_w8
+    with pytest.raises(ConfigError, match="no native cell has a d_wire below its d_inter"):
         plan_sweep(native_sweep(uncompressed, "grid.d_wire=[32]"), tmp_path)
     pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.d_wire=[8]"])
     with pytest.raises(ConfigError, match="grid.d_wire is a knob of the native design"):

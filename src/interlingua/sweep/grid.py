@@ -473,7 +473,12 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell | NativeCe
 
 def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
     """Every native cell, shapes ``(pool_window, pool_mode, d_inter, d_wire)`` outermost; a knob left out takes the
-    base's value."""
+    base's value. A ``d_wire`` at or above a cell's ``d_inter`` is no narrower than that cell's message, so the
+    product leaves that combination out (``d_inter: [512, 64]`` with ``d_wire: [null, 64]`` is 3 widths, not 4).
+
+    Raises:
+        ConfigError: every combination is left out that way.
+    """
     if base.interlingua.pool_size is None:
         raise ConfigError("a native sweep needs a numeric base interlingua.pool_window (1 = uncompressed), not 'all'")
     defaults = {
@@ -481,7 +486,12 @@ def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
         "d_inter": [base.interlingua.d_inter], "d_wire": [base.interlingua.d_wire],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    return _product(sweep, NativeCell, defaults)
+    cells = [c for c in _product(sweep, NativeCell, defaults) if c.d_wire is None or c.d_wire < c.d_inter]
+    if not cells:
+        raise ConfigError(f"no native cell has a d_wire below its d_inter (grid.d_wire {sweep.grid.d_wire}, "
+                          f"d_inter {sweep.grid.d_inter or [base.interlingua.d_inter]}): narrow the wire below d_inter "
+                          "or leave grid.d_wire out")
+    return cells
 
 
 def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> SweepPlan:
