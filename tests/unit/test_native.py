@@ -311,6 +311,10 @@ def test_a_narrow_wire_starts_fitted_on_the_z_of_the_trained_start(three_lms, tm
     metrics = narrow.wire_metrics
     assert metrics["examples"] == len(load_squad("train", SQUAD_MINI)) and metrics["senders"] == list(THREE)
     assert 0 < metrics["explained_variance"] < 1
+    with pytest.raises(ConfigError, match="needs more than d_wire = 8 z vectors, got 6; raise interlingua.wire_fit"):
+        starting_model(native_config("interlingua.d_wire=8", "interlingua.pool_window=1000",  # one position each
+                                     "interlingua.pool_mode=prefix", "interlingua.wire_fit_examples=2"),
+                       three_lms, encoder)  # 2 prompts x 3 senders
     again = starting_model(config, three_lms, encoder)  # the fit is deterministic
     assert all(torch.equal(a, b) for a, b in zip(again.wire.state_dict().values(), narrow.wire.state_dict().values()))
 

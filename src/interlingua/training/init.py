@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from interlingua.constants import CHECKPOINT_WEIGHTS_FILE
-from interlingua.errors import CheckpointError
+from interlingua.errors import CheckpointError, ConfigError
 from interlingua.models.interlingua import InterlinguaModel, read_spec
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def fit_wire(model, lms: dict, encoder, config) -> dict:
     tokenizers = [lm.tokenizer for lm in lms.values()]
     texts = [sender_prompt(tokenizers, e.context, e.question, config.data.max_prompt_tokens, cfg.conditioning)
              for e in examples]
+    model.to(next(iter(lms.values())).device)  # where the frozen models are (a fresh model is built on the CPU)
     system = Interlingua(model, lms, encoder, config)
     was_training = model.training
     model.eval()  # dropout off: the directions of the z the receivers will read
@@ -76,7 +77,7 @@ def fit_wire(model, lms: dict, encoder, config) -> dict:
     try:
         metrics = model.fit_wire(torch.cat(rows))
     except ValueError as err:
-        raise ValueError(f"interlingua.d_wire={cfg.d_wire}: {err}") from None
+        raise ConfigError(f"interlingua.d_wire={cfg.d_wire}: {err}") from None
     metrics = {"examples": len(texts), "senders": list(lms), **metrics}
     model.wire_metrics = metrics
     log.info("interlingua.d_wire=%d: wire fitted on %d z vectors of %d prompts; it keeps %.1f%% of their variance",
