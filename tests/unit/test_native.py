@@ -265,6 +265,26 @@ def test_d_wire_config_is_checked():
         load_config("tiny", [*native, "interlingua.wire_fit_examples=0"])
 
 
+@pytest.mark.e2e
+def test_a_resumed_wire_run_restores_its_wire_without_fitting_it_again(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from interlingua.training import init
+
+    out = tmp_path / "run"
+    config = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_wire=8",
+                                  "train.steps=1", "train.save_every=1", f"runtime.output_dir={out}"])
+    first = train(config, out, progress=False)
+    monkeypatch.setattr(init, "fit_wire", lambda *a, **k: pytest.fail("a resumed run fitted its wire again"))
+    longer = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_wire=8",
+                                  "train.steps=2", "train.save_every=1", f"runtime.output_dir={out}"])
+    final = train(longer, out, resume=True, progress=False)
+    assert final.name == "step_000002"
+    before, after = load_file(str(first / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    assert not torch.equal(before["wire.down.weight"], after["wire.down.weight"])  # trained on from the restored wire
+    assert (final / "wire_fit.json").read_text() == (first / "wire_fit.json").read_text()  # its fit stays with it
+
+
 def test_the_wire_fit_is_the_whitened_pca_of_its_rows():
     """Message coordinates: decorrelated, unit variance, ordered by the variance they carry; the way back is
     the best rank-d_wire reconstruction (its error is the variance left out, below any other rank-4 map's)."""

@@ -341,13 +341,6 @@ class NativeInterlingua(InterlinguaModel):
             if path.is_file():
                 setattr(self, attribute, json.loads(path.read_text()))
 
-    def fit_wire(self, rows: Tensor) -> dict:
-        """Fit the wire (:meth:`Wire.fit`) on z vectors ``(N, d_inter)`` taken before it (:meth:`wire_bypassed`)."""
-        if self.wire is None:
-            raise RuntimeError("this interlingua has no narrow wire (interlingua.d_wire is unset)")
-        self.wire_metrics = self.wire.fit(rows)
-        return self.wire_metrics
-
     @contextmanager
     def wire_bypassed(self):
         """Within it, :meth:`encode` returns the ``d_inter``-wide z (what the wire is fitted on)."""

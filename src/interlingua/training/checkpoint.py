@@ -122,6 +122,7 @@ def restore_checkpoint(
     check_same_spec(read_spec(directory), model.spec, directory)
     loaded = InterlinguaModel.from_pretrained(directory)  # raises CheckpointError on bad weights
     model.load_state_dict(loaded.state_dict())
+    model.read_extras(directory)  # what was measured with the tensors (e.g. the wire's fit) stays with them
     try:
         tensors = load_file(str(directory / OPTIMIZER_STATE_FILE))
     except (SafetensorError, OSError, RuntimeError) as err:

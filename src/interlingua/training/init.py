@@ -75,11 +75,10 @@ def fit_wire(model, lms: dict, encoder, config) -> dict:
     finally:
         model.train(was_training)
     try:
-        metrics = model.fit_wire(torch.cat(rows))
+        fitted = model.wire.fit(torch.cat(rows))
     except ValueError as err:
         raise ConfigError(f"interlingua.d_wire={cfg.d_wire}: {err}") from None
-    metrics = {"examples": len(texts), "senders": list(lms), **metrics}
-    model.wire_metrics = metrics
+    metrics = model.wire_metrics = {"examples": len(texts), "senders": list(lms), **fitted}
     log.info("interlingua.d_wire=%d: wire fitted on %d z vectors of %d prompts; it keeps %.1f%% of their variance",
              cfg.d_wire, metrics["rows"], len(texts), 100 * metrics["explained_variance"])
     return metrics

@@ -141,19 +141,20 @@ def initial_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
     return NativeInterlingua(spec, load_or_fit_bridge(lms, BridgeSettings.of(config)))
 
 
-def starting_model(config: Config, lms: dict, encoder) -> InterlinguaModel:
+def starting_model(config: Config, lms: dict, encoder, fit_wire: bool = True) -> InterlinguaModel:
     """:func:`initial_model`, then the matching tensors of ``train.init_from`` when it is set; a narrow wire
-    (``interlingua.d_wire``) that does not come from there is then fitted on the z this model starts with."""
+    (``interlingua.d_wire``) that does not come from there is then fitted on the z this model starts with
+    (``fit_wire=False``: not, for a caller that loads every tensor from a checkpoint next, e.g. a resumed run)."""
     model = initial_model(config, lms, encoder)
     copied: list[str] = []
     if config.train.init_from:
         from interlingua.training.init import initialise_from
 
         copied = initialise_from(model, config.train.init_from)["copied"]
-    if getattr(model, "wire", None) is not None and not any(name.startswith("wire.") for name in copied):
-        from interlingua.training.init import fit_wire
+    if fit_wire and getattr(model, "wire", None) is not None and not any(n.startswith("wire.") for n in copied):
+        from interlingua.training import init
 
-        fit_wire(model, lms, encoder, config)
+        init.fit_wire(model, lms, encoder, config)
     return model
 
 
@@ -205,7 +206,7 @@ class TrainingRecipe:
         self._check_output_dir(resume)
         self.lms, encoder = load_frozen_models(cfg, acc.device, frozen_dtype(acc.device, cfg.runtime.dtype))
         self.embedding_rms = {key: lm.embedding_rms for key, lm in self.lms.items()}
-        model = starting_model(cfg, self.lms, encoder).to(acc.device)
+        model = starting_model(cfg, self.lms, encoder, fit_wire=not resume).to(acc.device)  # resume: restored below
         self.system = Interlingua(model, self.lms, encoder, cfg)  # compression.qat: soft prompts read the wire z
         sharded = cfg.runtime.shard_frozen
         # cached KD teachers and anchors (cache.*); fingerprinted from the whole weights, so before sharding
