@@ -272,13 +272,11 @@ def test_a_resumed_wire_run_restores_its_wire_without_fitting_it_again(tmp_path,
     from interlingua.training import init
 
     out = tmp_path / "run"
-    config = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_wire=8",
-                                  "train.steps=1", "train.save_every=1", f"runtime.output_dir={out}"])
-    first = train(config, out, progress=False)
+    run = [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_wire=8", "train.save_every=1",
+           f"runtime.output_dir={out}"]
+    first = train(load_config("tiny", [*run, "train.steps=1"]), out, progress=False)
     monkeypatch.setattr(init, "fit_wire", lambda *a, **k: pytest.fail("a resumed run fitted its wire again"))
-    longer = load_config("tiny", [f"data.source={SQUAD_MINI}", "interlingua.design=native", "interlingua.d_wire=8",
-                                  "train.steps=2", "train.save_every=1", f"runtime.output_dir={out}"])
-    final = train(longer, out, resume=True, progress=False)
+    final = train(load_config("tiny", [*run, "train.steps=2"]), out, resume=True, progress=False)
     assert final.name == "step_000002"
     before, after = load_file(str(first / "model.safetensors")), load_file(str(final / "model.safetensors"))
     assert not torch.equal(before["wire.down.weight"], after["wire.down.weight"])  # trained on from the restored wire
