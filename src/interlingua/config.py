@@ -74,6 +74,9 @@ class Precision(str, Enum):
     BF16 = "bf16"
     INT8 = "int8"
     INT4 = "int4"
+    VOCAB = "vocab"
+    """Native design only: each z position as its nearest vocabulary key's id in every model, and its norm
+    (:mod:`interlingua.codec.vocabulary`)."""
 
 
 @dataclass
@@ -452,6 +455,14 @@ class Config:
         if self.loss.w_kd_z and (self.interlingua.design != Design.NATIVE or not self.train.init_from):
             raise ConfigError(f"loss.w_kd_z={self.loss.w_kd_z} distils from the interlingua of train.init_from: it "
                               "needs interlingua.design=native and train.init_from=RUN/step_N (or set loss.w_kd_z=0)")
+        vocab_readers = self.interlingua.design == Design.NATIVE and self.interlingua.decoder == NativeDecoder.VOCAB
+        if Precision(self.compression.precision) == Precision.VOCAB and not vocab_readers:
+            raise ConfigError("compression.precision=vocab sends each z position as vocabulary ids, which only the "
+                              "native design's vocabulary heads read: it needs interlingua.design=native and "
+                              "interlingua.decoder=vocab (or pick fp16 / int8 / int4)")
+        if Precision(self.compression.precision) == Precision.VOCAB and self.interlingua.d_wire is not None:
+            raise ConfigError(f"compression.precision=vocab sends d_inter-wide positions as vocabulary ids; "
+                              f"interlingua.d_wire={self.interlingua.d_wire} narrows them first: drop one of the two")
 
     def output_dir(self, command: str) -> Path:
         return Path(self.runtime.output_dir or Path("runs") / self.name / command)

@@ -157,3 +157,28 @@ def test_decode_head_benchmark_gives_identical_answers_both_ways(tmp_path):
     for dtypes in data["models"].values():
         assert set(dtypes) == {"float32", "bfloat16"}
         assert all(d["identical"] and d["speedup"] > 0 and len(d["predictions"]) == 3 for d in dtypes.values())
+
+
+@pytest.mark.e2e
+def test_vocab_code_controls_probe_reads_three_messages_in_every_pair(tmp_path):
+    """scripts/probes/vocab_code_controls.py on a tiny native checkpoint: every pair under each message
+    beside its shuffled row, paired deltas against vocab, and the own-token share (a step-0 native z is the
+    fitted map of the sender's tokens, so nearly every own-vocabulary id is the sender's own token)."""
+    from interlingua.cli import main as cli_main
+
+    run = tmp_path / "run"
+    assert cli_main(["bridge", "--config", "tiny", "-o", str(run), f"data.source={SQUAD_MINI}",
+                     "interlingua.design=native"]) == 0
+    checkpoint = next(run.glob("step_*"))
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "probes" / "vocab_code_controls.py"), "--checkpoint",
+               str(checkpoint), "--examples", "3", "--out", str(tmp_path / "out"), f"data.source={SQUAD_MINI}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n"] == 3 and set(summary["modes"]) == {"vocab", "mean-norm", "tokens"}
+    assert all(share > 50 for share in summary["own_token_share"].values())
+    for mode in ("mean-norm", "tokens"):
+        assert len(summary["modes"][mode]["paired_vs_vocab"]) == 4  # every (sender, receiver) pair
+    rows = (tmp_path / "out" / "tokens.predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 3 * 4 * 2  # own/cross and shuffled rows of every pair
+    assert done.stdout.count("| tokens |") == 4

@@ -445,6 +445,79 @@ def test_native_messages_cross_the_wire_and_decode_as_in_memory(three_system, tm
     assert len(generate_from_messages(step, int8, "tiny-gemma", questions=questions)) == 2
 
 
+def test_vocab_messages_carry_one_id_per_vocabulary_and_decode_the_same_on_both_sides(three_system, tmp_path):
+    """precision=vocab: ids of the nearest key of every receiver head, bit-packed, and an fp16 norm per
+    position; the receiver reads the code's round trip, in memory and from a saved checkpoint alike."""
+    import math
+
+    from interlingua.codec.message import message_size
+    from interlingua.config import Conditioning, Precision, save_config
+    from interlingua.wire.service import encode_texts, generate_from_messages
+
+    system, config = three_system
+    step = tmp_path / "step_000000"
+    system.model.save_pretrained(step)
+    save_config(config, tmp_path / "config.yaml")
+    prompts = ["Context: the river runs north to the sea.", "Context: café prices rose in 1905."]
+    questions = ["Where does it run?", "When?"] if system.conditioning == Conditioning.HYBRID else None
+    code = system.vocabulary_code()
+    heads = [system.model.receivers[key] for key in THREE]
+    assert code.widths == tuple(math.ceil(math.log2(len(h._keys))) for h in heads)
+    with torch.no_grad():
+        message = system.encode(prompts, sender="tiny-llama", precision="vocab")
+        dense = system.encode(prompts, sender="tiny-llama", precision="int4")
+        direct = system.generate(message, receiver="tiny-gemma", question=questions)
+    for z, payload, received in zip(message.z, message.payloads, message.received()):
+        assert len(payload) == message_size(tuple(z.shape), Precision.VOCAB, code.bits_per_position)
+        torch.testing.assert_close(received, code.round_trip(z))
+        unit = torch.nn.functional.normalize(z, dim=-1)
+        ids, _ = code.encode(z)
+        for book, head in enumerate(heads):
+            assert torch.equal(ids[:, book], (unit @ head._keys.T).argmax(-1))  # the nearest key, exactly
+    assert message.nbytes < dense.nbytes
+    payloads = encode_texts(step, prompts, sender="tiny-llama", overrides=["compression.precision=vocab"])
+    assert payloads == message.payloads
+    assert generate_from_messages(step, payloads, "tiny-gemma", questions=questions) == direct
+
+
+def test_the_evaluation_reads_vocab_messages_and_counts_their_bytes(three_system, monkeypatch):
+    from statistics import mean
+
+    import interlingua.eval.native as native_eval
+    from interlingua.codec.message import encode_message
+    from interlingua.eval.jobs import validation_examples
+
+    system, config = three_system
+    config = config_from_dict(config_to_dict(config), ["eval.limit=2", "eval.conditionings=[hybrid]",
+                                                       "compression.precision=vocab"])
+    examples = validation_examples(config)
+    code = system.vocabulary_code()
+    seen = []
+    real = native_eval.received_rows
+    monkeypatch.setattr(native_eval, "received_rows", lambda rows, cfg, c=None: seen.append(rows) or real(rows, cfg, c))
+    rows, summary = native_eval.evaluate_native(system, examples, config, progress=False)
+    assert len(rows) == 2 * 9 * 2
+    sent = seen[0]  # the first sender's z, as encoded
+    sizes = next(iter(summary["messages"]["hybrid"].values()))
+    assert sizes["wire_precision"] == "vocab"
+    assert sizes["mean_wire_bytes"] == mean(len(encode_message(z, "vocab", 32, "0" * 16, code)) for z in sent)
+
+
+def test_quantisation_aware_training_reads_the_vocabulary_code(three_system):
+    system, config = three_system
+    qat = config_from_dict(config_to_dict(config), ["compression.precision=vocab", "compression.qat=true"])
+    trainer = Interlingua(system.model, system.lms, system.encoder, qat)
+    latent = trainer.encode_z("tiny-qwen2", TEXTS)
+    delivered = trainer.delivered(latent)
+    code = trainer.vocabulary_code()
+    for row, z, mask in zip(delivered.z, latent.z, latent.mask):
+        torch.testing.assert_close(row[mask].detach(), code.round_trip(z[mask].detach()))
+        assert not row[~mask].any()
+    delivered.z.sum().backward()  # straight through: the refiner gets a gradient
+    assert system.model.refiner.out_proj.weight.grad is not None
+    system.model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.e2e
 def test_bridge_command_writes_a_step_zero_checkpoint_that_eval_reads(tmp_path, capsys):
     from interlingua.cli import main

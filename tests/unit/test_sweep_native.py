@@ -108,6 +108,32 @@ def test_a_narrow_wire_cell_trains_and_sends_d_wire_values_per_position(finished
     assert json.loads((Path(checkpoint) / "wire_fit.json").read_text())["senders"] == ["tiny-llama", "tiny-qwen2"]
 
 
+def test_vocab_is_a_precision_without_groups_that_no_narrowed_wire_gets(uncompressed, tmp_path):
+    plan = plan_sweep(native_sweep(uncompressed, "grid.pool_window=[1]", "grid.d_inter=[32]", "grid.d_wire=[null,8]",
+                                   "grid.precision=[int4,vocab]"), tmp_path)
+    assert [p.cell.name for p in plan.cells] == ["k1_d32_int4_g32", "k1_d32_vocab", "k1_d32_w8_int4_g32"]
+    vocab = plan.cells[1]
+    assert vocab.cell.label.endswith("vocab") and vocab.cell.as_dict()["group_size"] is None
+    assert vocab.eval_config.compression.precision.value == "vocab"
+    assert vocab.fixed_checkpoint == uncompressed  # a precision of the start's own shape: evaluated as it is
+
+
+@pytest.mark.e2e
+def test_a_vocab_cell_sends_ids_and_a_norm_per_position(uncompressed, tmp_path):
+    """The k = 1 vocab cell end to end: the start evaluated as it is, every pair beside its shuffled row, the
+    message 2 B of norm plus the ids' bits per position, far below the fp16 cell at the same positions."""
+    run_sweep(native_sweep(uncompressed, "grid.pool_window=[1]", "grid.d_inter=[32]", "grid.precision=[fp16,vocab]"),
+              tmp_path, progress=False, echo=lambda line: None)
+    rows = {r["cell"]: r for r in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    vocab, fp16 = rows["k=1 d=32 vocab"], rows["k=1 d=32 fp16"]
+    assert set(vocab["pairs"]) == PAIRS and all("shuffled_f1" in v for v in vocab["pairs"].values())
+    assert vocab["z_positions"] == pytest.approx(fp16["z_positions"])
+    frame = 19 + 2 * 4 + 4 + 4 + 4  # header, shape, two length fields, CRC
+    per_position = (vocab["bytes"] - frame) / vocab["z_positions"]
+    assert 2 + 2 * 8 / 8 <= per_position <= 2 + 2 * 17 / 8 + 1  # two tiny vocabularies of 2**8 .. 2**17 ids
+    assert vocab["bytes"] < 0.2 * fp16["bytes"]
+
+
 def test_a_native_sweep_is_refused_without_a_start_or_with_the_pooled_knob(uncompressed, tmp_path):
     with pytest.raises(ConfigError, match="base.train.init_from"):
         plan_sweep(load_sweep(NATIVE_TINY, [f"base.data.source={SQUAD_MINI}"]), tmp_path)

@@ -33,6 +33,7 @@ from torch import Tensor
 from interlingua.artifacts.files import gzip_bytes, utf8_bytes
 from interlingua.codec.message import message_size
 from interlingua.codec.quantize import FLOAT_DTYPES, dequantize, quantize
+from interlingua.codec.vocabulary import VocabularyCode
 from interlingua.config import CompressionConfig, Conditioning, Config, ConfigError, Precision
 from interlingua.data.prompts import sender_prompt, shared_text_prompt
 from interlingua.data.squad import SquadExample
@@ -192,12 +193,13 @@ class SentZ:
         return encode
 
 
-def received_z(z: Tensor, compression: CompressionConfig) -> Tensor:
+def received_z(z: Tensor, compression: CompressionConfig, code: VocabularyCode | None = None) -> Tensor:
     """What a receiver decodes from each row of ``z`` sent at ``compression.precision`` /
     ``group_size``: ``dequantize(quantize(z[i]))``, the wire's own arithmetic (fp32: ``z`` itself).
 
     Args:
         z: ``(n, ...)`` fp32 on the CPU, one message per row.
+        code: the vocabulary code, for ``precision=vocab`` (``Interlingua.vocabulary_code()``).
     Returns:
         fp32 tensor of ``z``'s shape.
     Raises:
@@ -206,6 +208,10 @@ def received_z(z: Tensor, compression: CompressionConfig) -> Tensor:
     precision = Precision(compression.precision)
     if precision is Precision.FP32:
         return z
+    if precision is Precision.VOCAB:
+        if code is None:
+            raise ValueError("precision vocab needs the vocabulary code (Interlingua.vocabulary_code())")
+        return torch.stack([code.round_trip(row).cpu() for row in z])
     return torch.stack([dequantize(quantize(row, precision, compression.group_size)) for row in z])
 
 

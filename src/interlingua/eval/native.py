@@ -30,6 +30,7 @@ from torch import Tensor
 from interlingua.artifacts.files import gzip_bytes, utf8_bytes, write_json, write_jsonl
 from interlingua.codec.message import message_size
 from interlingua.codec.quantize import FLOAT_DTYPES
+from interlingua.codec.vocabulary import VocabularyCode
 from interlingua.config import Conditioning, Config, ConfigError, Precision
 from interlingua.data.prompts import sender_prompt
 from interlingua.data.squad import SquadExample
@@ -135,7 +136,8 @@ def evaluate_native(
     with _eval_mode(system.model):
         for conditioning in (Conditioning(c) for c in config.eval.conditionings):
             texts = sent_texts(system, examples, config, conditioning)
-            latents = {a: received_rows(system.encode_rows(a, texts, config.eval.batch_size, progress), config)
+            code = system.wire_code(config.compression.precision)
+            latents = {a: received_rows(system.encode_rows(a, texts, config.eval.batch_size, progress), config, code)
                        for a in system.lms}
             rows += decode_all(system, examples, latents, conditioning, config, progress, store)
             runs[conditioning.value] = (texts, latents)
@@ -155,9 +157,9 @@ def sent_texts(system: Interlingua, examples: Sequence[SquadExample], config: Co
     return [sender_prompt(tokenizers, e.context, e.question, budget, conditioning) for e in examples]
 
 
-def received_rows(rows: list[Tensor], config: Config) -> list[Tensor]:
-    """Each message's z as the wire delivers it at ``compression.precision`` / ``group_size``."""
-    return [received_z(row.unsqueeze(0), config.compression)[0] for row in rows]
+def received_rows(rows: list[Tensor], config: Config, code: VocabularyCode | None = None) -> list[Tensor]:
+    """Each message's z as the wire delivers it at ``compression.precision`` / ``group_size`` (vocab: ``code``)."""
+    return [received_z(row.unsqueeze(0), config.compression, code)[0] for row in rows]
 
 
 def receiver_questions(examples: Sequence[SquadExample], conditioning: Conditioning) -> list[str] | None:
@@ -257,7 +259,8 @@ def native_summary(system: Interlingua, rows: Sequence[dict], runs: dict, ids: S
         summaries = {a: torch.stack([row.mean(0) for row in z]) for a, z in latents.items()}
         distances[conditioning] = [{"a": a, "b": b, **interlingua_distance(summaries[a], summaries[b])}
                                    for a, b in itertools.combinations(summaries, 2)]
-        messages[conditioning] = {a: message_sizes(z, texts, config) for a, z in latents.items()}
+        code = system.wire_code(config.compression.precision)
+        messages[conditioning] = {a: message_sizes(z, texts, config, code) for a, z in latents.items()}
     return {
         "n": len(ids), "design": "native", "shuffle_seed": config.runtime.seed,
         "trained_conditioning": system.model.spec.interlingua.conditioning.value,
@@ -275,10 +278,13 @@ def _predictions(rows: Sequence[dict], conditioning: str, sender: str, receiver:
     return [found[i] for i in ids]
 
 
-def message_sizes(z_rows: list[Tensor], texts: Sequence[str], config: Config) -> dict:
+def message_sizes(z_rows: list[Tensor], texts: Sequence[str], config: Config,
+                  code: VocabularyCode | None = None) -> dict:
     """z positions and whole wire-message bytes per message (means), next to the text they replace."""
     precision = Precision(config.compression.precision)
     group = 0 if precision in FLOAT_DTYPES else config.compression.group_size
+    if precision is Precision.VOCAB:
+        group = code.bits_per_position
     return {
         "mean_z_positions": mean(len(z) for z in z_rows),
         "wire_precision": precision.value,

@@ -255,20 +255,26 @@ class ReceiverHead(nn.Module):
         mixed = (torch.softmax(scores, -1).unsqueeze(-1) * values).sum(1)  # (N, d_model)
         return mixed.view(*z.shape[:-1], -1)
 
-    def _top_k(self, queries: Tensor, keys: Tensor) -> Tensor:
+    def nearest_key(self, queries: Tensor) -> Tensor:
+        """Ids (into the keys) of each unit query row's nearest key: ``(n, d)`` -> ``(n,)``."""
+        keys = self._keys.to(queries.device)
+        return torch.cat([self._top_k(chunk, keys, 1)[:, 0] for chunk in queries.float().split(SEARCH_CHUNK)])
+
+    def _top_k(self, queries: Tensor, keys: Tensor, top_k: int | None = None) -> Tensor:
         """Ids (into the keys) of the ``top_k`` keys of highest cosine per query row: ``(n, d)`` -> ``(n, k)``.
 
         Where bf16 matmuls are fast (AMX CPUs, CUDA) the whole vocabulary is scored in bf16 (~4x faster on
         Gemma-3's 262k keys, the largest cost of a receiver head) and only its best ``SEARCH_CANDIDATES ·
         top_k`` are rescored exactly in fp32, so the result is fp32's unless a true top-k key ranks below
         that in bf16 (cosines are off by < 0.01 in bf16; tested to pick the same keys)."""
+        top_k = top_k or self.top_k
         search = self._search_keys
         if search is None or search.device != queries.device:
-            return (queries @ keys.T).topk(self.top_k, dim=-1).indices
-        width = min(keys.shape[0], SEARCH_CANDIDATES * self.top_k)
+            return (queries @ keys.T).topk(top_k, dim=-1).indices
+        width = min(keys.shape[0], SEARCH_CANDIDATES * top_k)
         candidates = (queries.to(search.dtype) @ search.T).topk(width, dim=-1).indices  # (n, width)
         exact = torch.einsum("nd,nwd->nw", queries, keys[candidates])  # (n, width) fp32 cosines
-        return candidates.gather(1, exact.topk(self.top_k, dim=-1).indices)
+        return candidates.gather(1, exact.topk(top_k, dim=-1).indices)
 
 
 def fast_bf16_matmul(device: torch.device) -> bool:
@@ -361,6 +367,25 @@ class NativeInterlingua(InterlinguaModel):
                 continue
             ids = torch.tensor(sorted(id_bytes(lm.tokenizer)))  # special tokens stand for no text
             head.attach_vocabulary(lm.embed, unit_embeddings(lm), ids)
+
+    def vocabulary_code(self):
+        """The codebooks of ``compression.precision=vocab`` (:mod:`interlingua.codec.vocabulary`): every
+        receiver head's vocabulary keys, in model order, each searched the way its head searches.
+
+        Raises:
+            RuntimeError: a head without a vocabulary (``attach_vocabularies`` first), or a narrowed wire
+                (``d_wire``: the vocabulary code replaces it, it does not stack on it).
+        """
+        from interlingua.codec.vocabulary import VocabularyCode
+
+        if self.wire is not None:
+            raise RuntimeError("the vocabulary code sends d_inter-wide positions; this interlingua narrows them with "
+                               f"interlingua.d_wire={self.wire.width}: use fp16 / int8 / int4 with it")
+        heads = [self.receivers[module_key(m.spec)] for m in self.spec.models]
+        if any(h._keys is None for h in heads):
+            raise RuntimeError("the vocabulary code needs every receiver's vocabulary: call "
+                               "model.attach_vocabularies(lms) first")
+        return VocabularyCode(tuple(h._keys for h in heads), tuple(h.nearest_key for h in heads))
 
     @property
     def z_shape(self) -> tuple[int, ...]:

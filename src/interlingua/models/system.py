@@ -14,16 +14,17 @@ receiver alone loads only its own LLM. Training and evaluation pass every frozen
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from interlingua.codec.message import decode_message, encode_message
+from interlingua.codec.message import decode_message, encode_message, peek_precision
 from interlingua.codec.quantize import fake_quantize
+from interlingua.codec.vocabulary import VocabularyCode
 from interlingua.config import AnchorKind, CompressionConfig, Conditioning, Config, Precision
 from interlingua.constants import RESOLVED_CONFIG_FILE, TRAINER_STATE_FILE
 from interlingua.data.prompts import QUESTION_MARKER, question_suffix
@@ -62,6 +63,8 @@ class Message:
     payloads: list[bytes]
     precision: Precision
     checkpoint_id: str
+    code: Optional[VocabularyCode] = field(default=None, repr=False, compare=False)
+    """The vocabularies a vocab-precision message is coded with (not sent: each side has its own copy)."""
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -73,12 +76,13 @@ class Message:
 
     def received(self) -> list[Tensor]:
         """Each prompt's z as a receiver decodes it from the wire (quantised at ``precision``)."""
-        return [decode_message(p, expected_checkpoint_id=self.checkpoint_id).z for p in self.payloads]
+        return [decode_message(p, expected_checkpoint_id=self.checkpoint_id, code=self.code).z for p in self.payloads]
 
     @classmethod
     def from_bytes(cls, payloads: Sequence[bytes], checkpoint_id: str, names: Sequence[str] | None = None,
-                   sender: str = "?") -> "Message":
-        """Messages read back from bytes (e.g. ``.bin`` files); each is checked against ``checkpoint_id``.
+                   sender: str = "?", code: VocabularyCode | None = None) -> "Message":
+        """Messages read back from bytes (e.g. ``.bin`` files); each is checked against ``checkpoint_id``
+        (vocab-precision ones are decoded with ``code``, the receiver's ``model.vocabulary_code()``).
 
         Raises:
             WireFormatError: a corrupted or foreign message, or one from another checkpoint; the error
@@ -88,12 +92,12 @@ class Message:
         z, precision = [], Precision.FP32
         for name, data in zip(names, payloads):
             try:
-                decoded = decode_message(data, expected_checkpoint_id=checkpoint_id)
+                decoded = decode_message(data, expected_checkpoint_id=checkpoint_id, code=code)
             except WireFormatError as err:
                 raise WireFormatError(f"{name}: {err}") from None
             z.append(decoded.z)
             precision = decoded.precision
-        return cls(sender, z, list(payloads), precision, checkpoint_id)
+        return cls(sender, z, list(payloads), precision, checkpoint_id, code)
 
 
 def frozen_model_info(lm: FrozenLM) -> FrozenModelInfo:
@@ -299,7 +303,22 @@ class Interlingua(nn.Module):
             return z
         if isinstance(z, Latent):
             return Latent(self.delivered(z.z), z.mask)
+        if Precision(self.compression.precision) == Precision.VOCAB:
+            return self.vocabulary_code().fake_code(z)
         return fake_quantize(z, self.compression.precision, self.compression.group_size)
+
+    def vocabulary_code(self) -> VocabularyCode:
+        """The codebooks of ``compression.precision=vocab`` (native design: every receiver head's vocabulary)."""
+        if not self.is_native:
+            raise CheckpointError("compression.precision=vocab codes z with the native design's vocabulary heads; "
+                                  "this interlingua is the pooled design: use fp16 / int8 / int4")
+        for key in self.model_keys:  # the code holds every model's vocabulary, so both sides load them all
+            self.lm(key)
+        return self.model.vocabulary_code()
+
+    def wire_code(self, precision: Precision) -> VocabularyCode | None:
+        """The code a message at ``precision`` needs: the vocabulary code for vocab, else None."""
+        return self.vocabulary_code() if Precision(precision) == Precision.VOCAB else None
 
     def forward(self, texts: list[str], anchor: Anchor) -> tuple[dict, dict, Tensor]:
         """All of the learned modules' work for one training batch in a single call (data parallelism
@@ -363,8 +382,9 @@ class Interlingua(nn.Module):
         group_size = group_size if group_size is not None else self._setting("compression.group_size", 32)
         z = self.encode_rows(sender, texts)
         checkpoint_id = self.model.fingerprint()
-        payloads = [encode_message(row, precision, group_size, checkpoint_id) for row in z]
-        return Message(sender, z, payloads, precision, checkpoint_id)
+        code = self.wire_code(precision)
+        payloads = [encode_message(row, precision, group_size, checkpoint_id, code) for row in z]
+        return Message(sender, z, payloads, precision, checkpoint_id, code)
 
     def generate(self, message: Message, receiver: str | None = None, question: str | Sequence[str] | None = None,
                  max_new_tokens: int | None = None, names: Sequence[str] | None = None) -> list[str]:
@@ -415,7 +435,8 @@ class Interlingua(nn.Module):
         """The z a receiver decodes from each payload, checked to come from this interlingua and to have its shape."""
         if not len(message):
             raise MessageInputError("no messages to decode")
-        z = Message.from_bytes(message.payloads, self.model.fingerprint(), names).z
+        code = self.receiving_code(message.payloads)
+        z = Message.from_bytes(message.payloads, self.model.fingerprint(), names, code=code).z
         expected = self.model.z_shape
         for name, row in zip(names, z):
             fits = (row.dim() == len(expected) and all(e in (-1, s) for e, s in zip(expected, row.shape))
@@ -424,6 +445,16 @@ class Interlingua(nn.Module):
                 shape = tuple("T" if e == -1 else e for e in expected)
                 raise WireFormatError(f"{name}: z of shape {tuple(row.shape)}, this checkpoint's z is {shape}")
         return z
+
+    def receiving_code(self, payloads: Sequence[bytes]) -> VocabularyCode | None:
+        """The vocabulary code when a payload says vocab and this interlingua has one; otherwise None, and the
+        decoder says what is wrong (another checkpoint's message, or no code to read it with)."""
+        if not any(peek_precision(p) == Precision.VOCAB for p in payloads):
+            return None
+        try:
+            return self.vocabulary_code()
+        except (CheckpointError, RuntimeError):
+            return None
 
     def _setting(self, dotted: str, default):
         """``config.<dotted>``, or ``default`` for an Interlingua built without a config."""

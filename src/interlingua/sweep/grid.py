@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from interlingua.codec.quantize import FLOAT_DTYPES
+from interlingua.codec.quantize import INT_LEVELS
 from interlingua.config import (
     EXTENDS_KEY,
     SHIPPED_CONFIG_DIR,
@@ -291,26 +291,26 @@ class _WireCell:
 
     precision: Precision
     group_size: int
-    """Values per scale; only meaningful for int8 / int4 (float precisions have no scales)."""
+    """Values per scale; only meaningful for int8 / int4 (float precisions and vocab have no groups)."""
 
     @property
-    def quantised(self) -> bool:
-        return self.precision not in FLOAT_DTYPES
+    def grouped(self) -> bool:
+        return self.precision in INT_LEVELS
 
     @property
     def name(self) -> str:
         """File-name form: the shape, then the precision and (int8 / int4) the group: ``d512_m32_int4_g32``."""
-        group = f"_g{self.group_size}" if self.quantised else ""
+        group = f"_g{self.group_size}" if self.grouped else ""
         return f"{self.shape_name}_{self.precision.value}{group}"
 
     @property
     def label(self) -> str:
-        group = f" group {self.group_size}" if self.quantised else ""
+        group = f" group {self.group_size}" if self.grouped else ""
         return f"{self.shape_label} {self.precision.value}{group}"
 
     def as_dict(self) -> dict:
         return {**self.shape, "precision": self.precision.value,
-                "group_size": self.group_size if self.quantised else None}
+                "group_size": self.group_size if self.grouped else None}
 
 
 @dataclass(frozen=True)
@@ -419,7 +419,7 @@ def expand_grid(sweep: SweepConfig, base: Config) -> list[Cell]:
 
 def _product(sweep: SweepConfig, cell_type: type, defaults: dict[str, list]) -> list:
     """The cells of ``cell_type`` over the product of the grid's knobs, in ``defaults``' order (outermost
-    first), a knob the grid leaves out taking its ``defaults`` value. Float precisions ignore group_size:
+    first), a knob the grid leaves out taking its ``defaults`` value. Float and vocab precisions ignore group_size:
     one cell each, not one per group size (cells are told apart by :attr:`_WireCell.name`)."""
     knobs = sweep.grid.knobs()
     values = [knobs.get(key, default) for key, default in defaults.items()]
@@ -474,7 +474,8 @@ def _cell_config(sweep: SweepConfig, overrides: list[str], cell: Cell | NativeCe
 def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
     """Every native cell, shapes ``(pool_window, pool_mode, d_inter, d_wire)`` outermost; a knob left out takes the
     base's value. A ``d_wire`` at or above a cell's ``d_inter`` is no narrower than that cell's message, so the
-    product leaves that combination out (``d_inter: [512, 64]`` with ``d_wire: [null, 64]`` is 3 widths, not 4).
+    product leaves that combination out (``d_inter: [512, 64]`` with ``d_wire: [null, 64]`` is 3 widths, not 4),
+    and so does a ``d_wire`` with ``precision: vocab``, which sends each d_inter-wide position as vocabulary ids.
 
     Raises:
         ConfigError: every combination is left out that way.
@@ -486,11 +487,12 @@ def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
         "d_inter": [base.interlingua.d_inter], "d_wire": [base.interlingua.d_wire],
         "precision": [Precision(base.compression.precision)], "group_size": [base.compression.group_size],
     }
-    cells = [c for c in _product(sweep, NativeCell, defaults) if c.d_wire is None or c.d_wire < c.d_inter]
+    cells = [c for c in _product(sweep, NativeCell, defaults)
+             if c.d_wire is None or (c.d_wire < c.d_inter and c.precision != Precision.VOCAB)]
     if not cells:
         raise ConfigError(f"no native cell has a d_wire below its d_inter (grid.d_wire {sweep.grid.d_wire}, "
                           f"d_inter {sweep.grid.d_inter or [base.interlingua.d_inter]}): narrow the wire below d_inter "
-                          "or leave grid.d_wire out")
+                          "or leave grid.d_wire out (precision vocab is never narrowed)")
     return cells
 
 

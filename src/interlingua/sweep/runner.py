@@ -240,7 +240,7 @@ class _Evaluator:
             return result
         rows, summary = evaluate_own_latent(system, examples, config, progress=self.progress, sent=self._sent)
         cell = planned.cell
-        precision, group_size = cell.precision, cell.group_size if cell.quantised else 0
+        precision, group_size = cell.precision, cell.group_size if cell.grouped else 0
         first = next(iter(summary["messages"].values()))
         result = {
             "cell": cell.as_dict(),

@@ -117,7 +117,8 @@ def generate_from_messages(
     names = list(names or [f"message {i + 1}" for i in range(len(messages))])
     system = Interlingua.from_pretrained(checkpoint_dir, list(overrides or []), config)
     check_questions(system.conditioning, None if questions is None else list(questions), names)  # before decoding
-    message = Message.from_bytes(messages, system.model.fingerprint(), names)
+    message = Message.from_bytes(messages, system.model.fingerprint(), names,
+                                 code=system.receiving_code(messages))
     # generate checks the questions and the messages before it loads the receiver: a bad one fails fast
     return system.generate(message, receiver=receiver, question=None if questions is None else list(questions),
                            names=names)
