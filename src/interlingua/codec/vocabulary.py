@@ -5,7 +5,7 @@ A native receiver head reads a position through the vocabulary keys nearest to i
 vocabulary mix, ``interlingua.decoder=vocab``), so the nearest key of every receiver keeps what decides each
 receiver's reading; a receiver decodes the position as ``normalize(sum of those keys) * norm``. The ids are
 bit-packed at ``ceil(log2 V)`` bits per model (SmolLM2 + Gemma-3: 16 + 18 bits), the norm is an fp16: 6.25 B
-per position instead of 32 B for 64 int4 values. Byte layout: ``docs/wire-format.md``.
+per position instead of 36 B for 64 int4 values and their scales. Byte layout: ``docs/wire-format.md``.
 
     code = model.vocabulary_code()               # needs model.attach_vocabularies(lms)
     ids, norms = code.encode(z)                 # (T, K) int64, (T,) fp16
@@ -158,4 +158,3 @@ class VocabularyCode:
 def payload_nbytes(positions: int, bits_per_position: int) -> int:
     """Bytes of ``positions`` bit-packed positions (the last byte zero-padded)."""
     return -(-positions * bits_per_position // 8)
-

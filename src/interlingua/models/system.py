@@ -8,7 +8,8 @@ the wire commands and the public API all go through it.
     il.save_pretrained("my-interlingua")                                  # weights, config, model card
 
 Frozen models load on first use, so a sender alone loads its own LLM and the sentence encoder, and a
-receiver alone loads only its own LLM. Training and evaluation pass every frozen model in at construction.
+receiver alone loads only its own LLM (a vocab-precision message is coded with every model's vocabulary, so
+both sides of one load them all). Training and evaluation pass every frozen model in at construction.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class SweepGrid:
     """Native design: widths of the message on the wire (``interlingua.d_wire``; ``null`` = the full d_inter): the
     trained d_inter-wide model sends its z's top principal coordinates, fitted in closed form, then trained."""
     precision: Optional[List[Any]] = None
-    """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4."""
+    """Wire precisions (``compression.precision``): fp32, fp16, bf16, int8, int4; vocab for a native base."""
     group_size: Optional[List[Any]] = None
     """Values per scale of int8 / int4 (``compression.group_size``); float precisions ignore it."""
 
