@@ -47,12 +47,12 @@ def unrefined(model):
         model.refiner = refiner
 
 
-def messages(system: Interlingua, texts: list[str], mode: str) -> dict[str, list[torch.Tensor]]:
-    """Each sender's received z rows under ``mode``."""
+def messages(system: Interlingua, texts: list[str], encoded: dict[str, list[torch.Tensor]],
+             mode: str) -> dict[str, list[torch.Tensor]]:
+    """Each sender's received z rows under ``mode``; ``encoded``: each sender's refined z of ``texts``."""
     code = system.vocabulary_code()
     out = {}
-    for sender in system.lms:
-        refined = system.encode_rows(sender, texts)
+    for sender, refined in encoded.items():
         mean_norm = float(torch.cat([z.norm(dim=-1) for z in refined]).mean())
         if mode == "tokens":
             with unrefined(system.model):
@@ -67,16 +67,15 @@ def messages(system: Interlingua, texts: list[str], mode: str) -> dict[str, list
     return out
 
 
-def own_token_share(system: Interlingua, texts: list[str]) -> dict[str, float]:
+def own_token_share(system: Interlingua, texts: list[str], encoded: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     """Per sender: the share of positions whose id in its own vocabulary is its own token at that position."""
     code = system.vocabulary_code()
-    books = list(system.lms)
     share = {}
-    for book, sender in enumerate(books):
+    for book, sender in enumerate(system.lms):
         head = system.model.receivers[module_key(sender)]
-        ids, mask = system.lms[sender].tokenize_plain(texts)
+        ids, _ = system.lms[sender].tokenize_plain(texts)
         same = total = 0
-        for z, tokens in zip(system.encode_rows(sender, texts), ids):
+        for z, tokens in zip(encoded[sender], ids):
             coded = head._ids[code.encode(z)[0][:, book]]
             same += int((coded == tokens[: len(z)]).sum())
             total += len(z)
@@ -120,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     summary = {"n": len(examples), "checkpoint": str(args.checkpoint), "modes": {}}
     with torch.no_grad():
-        summary["own_token_share"] = own_token_share(system, texts)
+        encoded = {sender: system.encode_rows(sender, texts) for sender in system.lms}
+        summary["own_token_share"] = own_token_share(system, texts, encoded)
         print("own-vocabulary id = the sender's own token at that position:",
               ", ".join(f"{s} {v:.1f} %" for s, v in summary["own_token_share"].items()))
         results = {}
         for mode in args.modes:
-            rows = decode_all(system, examples, messages(system, texts, mode), Conditioning.HYBRID, config, False)
+            received = messages(system, texts, encoded, mode)
+            rows = decode_all(system, examples, received, Conditioning.HYBRID, config, False)
             results[mode] = rows
             if args.out:
                 write_jsonl(args.out / f"{mode}.predictions.jsonl", rows)

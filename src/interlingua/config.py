@@ -455,12 +455,13 @@ class Config:
         if self.loss.w_kd_z and (self.interlingua.design != Design.NATIVE or not self.train.init_from):
             raise ConfigError(f"loss.w_kd_z={self.loss.w_kd_z} distils from the interlingua of train.init_from: it "
                               "needs interlingua.design=native and train.init_from=RUN/step_N (or set loss.w_kd_z=0)")
+        vocab = Precision(self.compression.precision) == Precision.VOCAB
         vocab_readers = self.interlingua.design == Design.NATIVE and self.interlingua.decoder == NativeDecoder.VOCAB
-        if Precision(self.compression.precision) == Precision.VOCAB and not vocab_readers:
+        if vocab and not vocab_readers:
             raise ConfigError("compression.precision=vocab sends each z position as vocabulary ids, which only the "
                               "native design's vocabulary heads read: it needs interlingua.design=native and "
                               "interlingua.decoder=vocab (or pick fp16 / int8 / int4)")
-        if Precision(self.compression.precision) == Precision.VOCAB and self.interlingua.d_wire is not None:
+        if vocab and self.interlingua.d_wire is not None:
             raise ConfigError(f"compression.precision=vocab sends d_inter-wide positions as vocabulary ids; "
                               f"interlingua.d_wire={self.interlingua.d_wire} narrows them first: drop one of the two")
 

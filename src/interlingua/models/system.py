@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from interlingua.codec.message import decode_message, encode_message, peek_precision
 from interlingua.codec.quantize import fake_quantize
 from interlingua.codec.vocabulary import VocabularyCode
-from interlingua.config import AnchorKind, CompressionConfig, Conditioning, Config, Precision
+from interlingua.config import AnchorKind, CompressionConfig, Conditioning, Config, NativeDecoder, Precision
 from interlingua.constants import RESOLVED_CONFIG_FILE, TRAINER_STATE_FILE
 from interlingua.data.prompts import QUESTION_MARKER, question_suffix
 from interlingua.errors import CheckpointError, ConfigError, MessageInputError, WireFormatError
@@ -452,10 +452,10 @@ class Interlingua(nn.Module):
         decoder says what is wrong (another checkpoint's message, or no code to read it with)."""
         if not any(peek_precision(p) == Precision.VOCAB for p in payloads):
             return None
-        try:
-            return self.vocabulary_code()
-        except (CheckpointError, RuntimeError):
+        spec = self.model.spec.interlingua
+        if not self.is_native or spec.decoder != NativeDecoder.VOCAB or spec.d_wire is not None:
             return None
+        return self.vocabulary_code()
 
     def _setting(self, dotted: str, default):
         """``config.<dotted>``, or ``default`` for an Interlingua built without a config."""
