@@ -9,12 +9,14 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from interlingua.config import ConfigError, load_config
 from interlingua.data.squad import load_squad
 from interlingua.models.system import load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
 from interlingua.sweep import load_sweep, plan_sweep, run_sweep, runner
+from interlingua.sweep.grid import expand_native_grid
 from interlingua.sweep.native import window_budget_cases
 from interlingua.sweep.native_report import flat_native_table
 from interlingua.training.recipe import train
@@ -66,6 +68,67 @@ def test_pool_mode_is_a_shape_knob_and_k1_has_one_cell_whatever_the_mode(uncompr
     pooled = load_sweep("tiny", [f"base.data.source={SQUAD_MINI}", "grid.pool_mode=[prefix]"])
     with pytest.raises(ConfigError, match="grid.pool_mode is a knob of the native design"):
         plan_sweep(pooled, tmp_path)
+
+
+def grids_sweep(tmp_path, start, grids, *overrides):
+    """native-tiny with ``grids`` (a list of knob mappings) in place of its ``grid``."""
+    text = OmegaConf.load(NATIVE_TINY)
+    del text["grid"]
+    text["grids"] = grids
+    path = tmp_path / "grids.yaml"
+    OmegaConf.save(text, path)
+    return load_sweep(str(path), [f"base.data.source={SQUAD_MINI}", f"base.train.init_from={start}", *overrides])
+
+
+def test_grids_make_the_cells_the_union_of_their_products_one_shape_after_another(uncompressed, tmp_path):
+    parts = [{"pool_window": [1, 2], "pool_mode": ["prefix"], "precision": ["fp16", "int4"]},
+             {"pool_window": [2], "pool_mode": ["prefix"], "precision": ["int8", "fp16"]},  # k2prefix fp16 again
+             {"pool_window": [2], "d_inter": [16], "precision": ["fp16"]}]
+    sweep = grids_sweep(tmp_path, uncompressed, parts)
+    plan = plan_sweep(sweep, tmp_path / "out")
+    assert [p.cell.name for p in plan.cells] == [
+        "k1_d32_fp16", "k1_d32_int4_g32",
+        "k2prefix_d32_fp16", "k2prefix_d32_int4_g32", "k2prefix_d32_int8_g32",  # the shape's cells stay together
+        "k2_d16_fp16"]
+    assert plan.cells[0].fixed_checkpoint == uncompressed and plan.cells[2].fixed_checkpoint is None
+    assert len({p.train_dir for p in plan.cells}) == 3
+    assert runner.sweep_to_dict(sweep)["grids"][1] == {"pool_window": [2], "pool_mode": ["prefix"],
+                                                       "precision": ["int8", "fp16"]}
+    assert "grid" not in runner.sweep_to_dict(sweep)
+    # an override sets the knob in every part: here the fp16 cells of each
+    narrowed = plan_sweep(grids_sweep(tmp_path, uncompressed, parts, "grid.precision=[fp16]"), tmp_path / "out")
+    assert [p.cell.name for p in narrowed.cells] == ["k1_d32_fp16", "k2prefix_d32_fp16", "k2_d16_fp16"]
+
+
+def test_grids_refuse_an_empty_part_a_bad_knob_and_a_grid_beside_them(uncompressed, tmp_path):
+    with pytest.raises(ConfigError, match=r"grids\[1\] is empty"):
+        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2]}, {}])
+    with pytest.raises(ConfigError, match="'prec' not in 'SweepGrid'. Did you mean: 'precision'"):
+        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2], "prec": ["fp16"]}])
+    with pytest.raises(ConfigError, match="grid.precision: unknown precision 'int3'"):
+        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2]}], "grid.precision=[int3]")
+    both = OmegaConf.load(NATIVE_TINY)
+    both["grids"] = [{"pool_window": [2]}]
+    OmegaConf.save(both, tmp_path / "both.yaml")
+    with pytest.raises(ConfigError, match="give grid .* or grids .*, not both"):
+        load_sweep(str(tmp_path / "both.yaml"), [f"base.train.init_from={uncompressed}"])
+
+
+def test_the_shipped_native_sweep_varies_every_knob_of_the_issue_around_its_frontier():
+    """configs/sweeps/native.yaml: pool_window x {fp16, int4, vocab} at full width, int8 and the window mean at
+    k = 4, every d_inter and the narrow wire at k = 16; 21 cells in 9 trained shapes plus the start's."""
+    sweep = load_sweep("native")
+    cells = expand_native_grid(sweep, sweep.run_config())
+    names = [c.name for c in cells]
+    assert len(names) == 21 and len({c.shape_name for c in cells}) == 10
+    assert {c.pool_window for c in cells} == {1, 2, 4, 8, 16}
+    assert {c.d_inter for c in cells} == {512, 256, 128, 64} and {c.d_wire for c in cells} == {None, 64}
+    assert {c.precision.value for c in cells} == {"fp16", "int8", "int4", "vocab"}
+    assert {c.pool_mode for c in cells if c.pool_window > 1} == {"prefix", "window"}
+    for k in (2, 4, 8, 16):
+        assert {f"k{k}prefix_d512_{p}" for p in ("fp16", "int4_g32", "vocab")} <= set(names)
+    assert {"k4prefix_d512_int8_g32", "k4_d512_fp16", "k16prefix_d64_int4_g32", "k16prefix_d512_w64_int4_g32"} \
+        <= set(names)
 
 
 def test_d_wire_is_a_shape_knob_whose_null_is_the_full_width(uncompressed, tmp_path):

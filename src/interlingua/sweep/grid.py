@@ -6,6 +6,10 @@ config it trains and evaluates with.
     plan = plan_sweep(sweep, Path("runs/sweeps/compression"))
     for planned in plan.cells: ...   # planned.cell, planned.train_config, planned.eval_config, planned.train_dir
 
+``grids:`` (a list of such grids) instead of ``grid:`` makes the cells the union of several products: a design that
+varies one knob at a time around a frontier costs a fraction of the whole product. A ``grid.KEY=VALUE`` override sets
+that knob in every part, so ``grid.precision=[vocab]`` keeps the vocab cells of each.
+
 A sweep file's ``base:`` is the run every cell starts from, written as a config file is (``extends: NAME``
 plus nested keys of the run); ``base.KEY=VALUE`` overrides reach it, every other key is the sweep's own.
 Cells that share ``(d_inter, num_slots)`` share one training run (post-training quantisation); with
@@ -108,7 +112,10 @@ class SweepConfig:
     name such as ``embedded`` or a YAML path) plus nested keys of the run, e.g. ``train: {steps: 150}``
     and ``eval: {limit: 1000}`` (the validation examples of every cell and of the text references)."""
     grid: SweepGrid = field(default_factory=SweepGrid)
-    """The knobs and their values (:class:`SweepGrid`)."""
+    """The knobs and their values (:class:`SweepGrid`): the cells are their product."""
+    grids: List[SweepGrid] = field(default_factory=list)
+    """Instead of ``grid``: several grids, the cells the union of their products (a cell that two parts name is one
+    cell), e.g. the frontier over pool_window x precision plus each other knob varied at one point of it."""
     qat: bool = False
     """false: one checkpoint per (d_inter, num_slots), every precision quantised after training; true:
     every cell trains quantisation-aware at its own precision and group size."""
@@ -129,9 +136,30 @@ class SweepConfig:
         if not str(self.base.get(EXTENDS_KEY) or "").strip() and "models" not in self.base:
             raise ConfigError("base.extends is missing: name the run config the cells start from, "
                               "e.g. base: {extends: embedded}")
-        if not self.grid.knobs():
+        if self.grids and self.grid.knobs():
+            raise ConfigError("give grid (one product of knobs) or grids (a list of them, the cells their union), "
+                              "not both")
+        if not self.grids and not self.grid.knobs():
             raise ConfigError(f"grid is empty: give at least one of {', '.join(GRID_KEYS)} a list of values, "
                               "e.g. grid: {precision: [fp16, int8, int4]}")
+        for index, part in enumerate(self.grids):
+            if not part.knobs():
+                raise ConfigError(f"grids[{index}] is empty: give each part at least one knob with a list of values, "
+                                  f"e.g. - {{pool_window: [4], precision: [int8]}}")
+
+    def parts(self) -> List[SweepGrid]:
+        """The grids whose products make the cells: ``grids``, or ``[grid]``."""
+        return list(self.grids) or [self.grid]
+
+    def knob_set(self, knob: str) -> bool:
+        """Whether any part of the grid sets ``knob``."""
+        return any(getattr(part, knob) is not None for part in self.parts())
+
+    def grid_dict(self) -> dict:
+        """The grid as a sweep file writes it: ``{"grid": {knob: values}}`` or ``{"grids": [...]}``."""
+        plain = [{key: [getattr(v, "value", v) for v in values] for key, values in part.knobs().items()}
+                 for part in self.parts()]
+        return {"grids": plain} if self.grids else {"grid": plain[0]}
 
     @property
     def base_name(self) -> str:
@@ -230,6 +258,10 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
                 continue
             if key.startswith("grid.") and key.removeprefix("grid.") not in GRID_KEYS:
                 raise ConfigError(f"override {text!r}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}")
+            if key.startswith("grid.") and len(merged.grids):
+                for part in merged.grids:  # a knob set on the command line holds for every part of the union
+                    OmegaConf.update(part, key.removeprefix("grid."), value, merge=True)
+                continue
             if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
                 hint = MOVED_SWEEP_KEYS.get(key) or f"sweep keys: {', '.join(merged.keys())}"
                 raise ConfigError(f"override {text!r}: unknown key {key!r}; {hint}")
@@ -245,7 +277,7 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
         if isinstance(err.__cause__, ConfigError):
             raise ConfigError(f"{path}: {err.__cause__}") from None
         key = getattr(err, "full_key", None) or "?"
-        if isinstance(err, ConfigKeyError) and key.startswith("grid."):
+        if isinstance(err, ConfigKeyError) and key.startswith(("grid.", "grids[", "grids.")):
             raise ConfigError(f"{path}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}") from None
         raise ConfigError(f"{path}: bad key {key!r}: {_first_line(err)}") from None
     except ConfigError as err:
@@ -419,12 +451,18 @@ def expand_grid(sweep: SweepConfig, base: Config) -> list[Cell]:
 
 def _product(sweep: SweepConfig, cell_type: type, defaults: dict[str, list]) -> list:
     """The cells of ``cell_type`` over the product of the grid's knobs, in ``defaults``' order (outermost
-    first), a knob the grid leaves out taking its ``defaults`` value. Float and vocab precisions ignore group_size:
-    one cell each, not one per group size (cells are told apart by :attr:`_WireCell.name`)."""
-    knobs = sweep.grid.knobs()
-    values = [knobs.get(key, default) for key, default in defaults.items()]
-    cells = [cell_type(**dict(zip(defaults, combination))) for combination in itertools.product(*values)]
-    return list({cell.name: cell for cell in cells}.values())
+    first), a knob the grid leaves out taking its ``defaults`` value; with ``grids``, each part's product in turn,
+    a cell already named by an earlier part not repeated and the cells of one shape kept adjacent (one training run
+    after another). Float and vocab precisions ignore group_size: one cell each, not one per group size (cells are
+    told apart by :attr:`_WireCell.name`)."""
+    cells = []
+    for part in sweep.parts():
+        knobs = part.knobs()
+        values = [knobs.get(key, default) for key, default in defaults.items()]
+        cells += [cell_type(**dict(zip(defaults, combination))) for combination in itertools.product(*values)]
+    unique = list({cell.name: cell for cell in cells}.values())
+    first_of_shape = {name: index for index, name in reversed(list(enumerate(c.shape_name for c in unique)))}
+    return sorted(unique, key=lambda cell: first_of_shape[cell.shape_name])
 
 
 def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
@@ -441,7 +479,7 @@ def plan_sweep(sweep: SweepConfig, output_dir: Path) -> SweepPlan:
     if base.interlingua.design.value == "native":
         return plan_native_sweep(sweep, base, output_dir)
     for knob in ("pool_window", "pool_mode", "d_wire"):
-        if getattr(sweep.grid, knob) is not None:
+        if sweep.knob_set(knob):
             raise ConfigError(f"grid.{knob} is a knob of the native design; sweep base {sweep.base_name!r} is "
                               f"{base.interlingua.design.value} (its knob is grid.num_slots)")
     planned = [_planned_cell(sweep, cell, Path(output_dir)) for cell in expand_grid(sweep, base)]
@@ -490,9 +528,9 @@ def expand_native_grid(sweep: SweepConfig, base: Config) -> list[NativeCell]:
     cells = [c for c in _product(sweep, NativeCell, defaults)
              if c.d_wire is None or (c.d_wire < c.d_inter and c.precision != Precision.VOCAB)]
     if not cells:
-        raise ConfigError(f"no native cell has a d_wire below its d_inter (grid.d_wire {sweep.grid.d_wire}, "
-                          f"d_inter {sweep.grid.d_inter or [base.interlingua.d_inter]}): narrow the wire below d_inter "
-                          "or leave grid.d_wire out (precision vocab is never narrowed)")
+        raise ConfigError(f"no native cell has a d_wire below its d_inter ({sweep.grid_dict()}, base d_inter "
+                          f"{base.interlingua.d_inter}): narrow the wire below d_inter or leave grid.d_wire out "
+                          "(precision vocab is never narrowed)")
     return cells
 
 
@@ -506,7 +544,7 @@ def plan_native_sweep(sweep: SweepConfig, base: Config, output_dir: Path) -> Swe
     """
     from interlingua.models.interlingua import read_spec
 
-    if sweep.grid.num_slots is not None:
+    if sweep.knob_set("num_slots"):
         raise ConfigError("grid.num_slots is a knob of the pooled designs; a native sweep shortens a message with "
                           "grid.pool_window (and narrows it with grid.d_inter)")
     if not base.train.init_from:

@@ -149,8 +149,7 @@ def run_sweep(
 
 def sweep_to_dict(sweep: SweepConfig) -> dict:
     """The sweep as plain JSON values, as a sweep file writes it (precisions as strings)."""
-    grid = {key: [getattr(v, "value", v) for v in values] for key, values in sweep.grid.knobs().items()}
-    return {"base": _plain(sweep.base), "grid": grid, "qat": sweep.qat, "output_dir": sweep.output_dir,
+    return {"base": _plain(sweep.base), **sweep.grid_dict(), "qat": sweep.qat, "output_dir": sweep.output_dir,
             "references": sweep.references, "baselines": sweep.baselines, "ttft": sweep.ttft}
 
 
