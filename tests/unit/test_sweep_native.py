@@ -95,9 +95,19 @@ def test_grids_make_the_cells_the_union_of_their_products_one_shape_after_anothe
     assert runner.sweep_to_dict(sweep)["grids"][1] == {"pool_window": [2], "pool_mode": ["prefix"],
                                                        "precision": ["int8", "fp16"]}
     assert "grid" not in runner.sweep_to_dict(sweep)
-    # an override sets the knob in every part: here the fp16 cells of each
-    narrowed = plan_sweep(grids_sweep(tmp_path, uncompressed, parts, "grid.precision=[fp16]"), tmp_path / "out")
-    assert [p.cell.name for p in narrowed.cells] == ["k1_d32_fp16", "k2prefix_d32_fp16", "k2_d16_fp16"]
+    # only.KEY chooses among the cells, whichever part names them (k = 1 matches any pool_mode)
+    narrowed = grids_sweep(tmp_path, uncompressed, parts, "only.precision=[fp16]", "only.pool_mode=[prefix]")
+    assert [p.cell.name for p in plan_sweep(narrowed, tmp_path / "out").cells] == ["k1_d32_fp16", "k2prefix_d32_fp16"]
+    assert runner.sweep_to_dict(narrowed)["only"] == {"pool_mode": ["prefix"], "precision": ["fp16"]}
+    with pytest.raises(ConfigError, match="keeps none of the sweep's cells"):
+        plan_sweep(grids_sweep(tmp_path, uncompressed, parts, "only.d_inter=[8]"), tmp_path / "out")
+    # grid.KEY on the command line replaces the parts by the one grid it gives, the knobs it leaves out the base's
+    replaced = grids_sweep(tmp_path, uncompressed, parts, "grid.pool_window=[2]", "grid.precision=[int8]")
+    assert [p.cell.name for p in plan_sweep(replaced, tmp_path / "out").cells] == ["k2_d32_int8_g32"]
+    assert runner.sweep_to_dict(replaced)["grid"] == {"pool_window": [2], "precision": ["int8"]}
+    # on a one-grid sweep too
+    single = plan_sweep(native_sweep(uncompressed, "only.pool_window=[2]", "only.precision=[int4]"), tmp_path / "one")
+    assert [p.cell.name for p in single.cells] == ["k2_d32_int4_g32", "k2_d16_int4_g32"]
 
 
 def test_grids_refuse_an_empty_part_a_bad_knob_and_a_grid_beside_them(uncompressed, tmp_path):
@@ -106,7 +116,9 @@ def test_grids_refuse_an_empty_part_a_bad_knob_and_a_grid_beside_them(uncompress
     with pytest.raises(ConfigError, match="'prec' not in 'SweepGrid'. Did you mean: 'precision'"):
         grids_sweep(tmp_path, uncompressed, [{"pool_window": [2], "prec": ["fp16"]}])
     with pytest.raises(ConfigError, match="grid.precision: unknown precision 'int3'"):
-        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2]}], "grid.precision=[int3]")
+        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2]}], "only.precision=[int3]")
+    with pytest.raises(ConfigError, match="only.bits is not a sweep knob"):
+        grids_sweep(tmp_path, uncompressed, [{"pool_window": [2]}], "only.bits=[4]")
     both = OmegaConf.load(NATIVE_TINY)
     both["grids"] = [{"pool_window": [2]}]
     OmegaConf.save(both, tmp_path / "both.yaml")

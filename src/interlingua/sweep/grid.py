@@ -7,8 +7,9 @@ config it trains and evaluates with.
     for planned in plan.cells: ...   # planned.cell, planned.train_config, planned.eval_config, planned.train_dir
 
 ``grids:`` (a list of such grids) instead of ``grid:`` makes the cells the union of several products: a design that
-varies one knob at a time around a frontier costs a fraction of the whole product. A ``grid.KEY=VALUE`` override sets
-that knob in every part, so ``grid.precision=[vocab]`` keeps the vocab cells of each.
+varies one knob at a time around a frontier costs a fraction of the whole product. ``only.KEY=[...]`` keeps the cells
+whose knob is among those values (``only.precision=[vocab]``: the vocab cells of every part), on any sweep;
+``grid.KEY=[...]`` on the command line replaces a file's ``grids`` by the one grid it gives.
 
 A sweep file's ``base:`` is the run every cell starts from, written as a config file is (``extends: NAME``
 plus nested keys of the run); ``base.KEY=VALUE`` overrides reach it, every other key is the sweep's own.
@@ -116,6 +117,9 @@ class SweepConfig:
     grids: List[SweepGrid] = field(default_factory=list)
     """Instead of ``grid``: several grids, the cells the union of their products (a cell that two parts name is one
     cell), e.g. the frontier over pool_window x precision plus each other knob varied at one point of it."""
+    only: SweepGrid = field(default_factory=SweepGrid)
+    """Keep only the cells whose knobs are among these values (``only.pool_window=[4] only.precision=[vocab]``): a
+    part of the sweep's cells, computed or reported alone; a k = 1 cell matches any ``pool_mode``."""
     qat: bool = False
     """false: one checkpoint per (d_inter, num_slots), every precision quantised after training; true:
     every cell trains quantisation-aware at its own precision and group size."""
@@ -156,10 +160,20 @@ class SweepConfig:
         return any(getattr(part, knob) is not None for part in self.parts())
 
     def grid_dict(self) -> dict:
-        """The grid as a sweep file writes it: ``{"grid": {knob: values}}`` or ``{"grids": [...]}``."""
-        plain = [{key: [getattr(v, "value", v) for v in values] for key, values in part.knobs().items()}
-                 for part in self.parts()]
-        return {"grids": plain} if self.grids else {"grid": plain[0]}
+        """The grid as a sweep file writes it: ``{"grid": {knob: values}}`` or ``{"grids": [...]}``, and ``only``
+        where it is set."""
+        plain = [_plain_knobs(part) for part in self.parts()]
+        out = {"grids": plain} if self.grids else {"grid": plain[0]}
+        return out | ({"only": _plain_knobs(self.only)} if self.only.knobs() else {})
+
+    def selected(self, cell: Any) -> bool:
+        """Whether ``cell`` is among the ``only`` values (a k = 1 cell matches any pool_mode)."""
+        for key, values in self.only.knobs().items():
+            if key == "pool_mode" and getattr(cell, "pool_window", None) == 1:
+                continue
+            if getattr(cell, key, None) not in values:
+                return False
+        return True
 
     @property
     def base_name(self) -> str:
@@ -173,6 +187,10 @@ class SweepConfig:
             ConfigError: the base or an override is invalid; names the key.
         """
         return config_from_mapping(self.base, overrides, origin="sweep base")
+
+
+def _plain_knobs(grid: SweepGrid) -> dict:
+    return {key: [getattr(v, "value", v) for v in values] for key, values in grid.knobs().items()}
 
 
 def _grid_values(key: str, values: Any) -> list:
@@ -258,10 +276,11 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
                 continue
             if key.startswith("grid.") and key.removeprefix("grid.") not in GRID_KEYS:
                 raise ConfigError(f"override {text!r}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}")
+            if key.startswith("only.") and key.removeprefix("only.") not in GRID_KEYS:
+                raise ConfigError(f"override {text!r}: {key} is not a sweep knob; only.KEY takes a grid key: "
+                                  f"{', '.join(GRID_KEYS)}")
             if key.startswith("grid.") and len(merged.grids):
-                for part in merged.grids:  # a knob set on the command line holds for every part of the union
-                    OmegaConf.update(part, key.removeprefix("grid."), value, merge=True)
-                continue
+                merged.grids = []  # the command line's grid replaces the file's parts (only.KEY chooses among them)
             if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
                 hint = MOVED_SWEEP_KEYS.get(key) or f"sweep keys: {', '.join(merged.keys())}"
                 raise ConfigError(f"override {text!r}: unknown key {key!r}; {hint}")
@@ -277,7 +296,7 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
         if isinstance(err.__cause__, ConfigError):
             raise ConfigError(f"{path}: {err.__cause__}") from None
         key = getattr(err, "full_key", None) or "?"
-        if isinstance(err, ConfigKeyError) and key.startswith(("grid.", "grids[", "grids.")):
+        if isinstance(err, ConfigKeyError) and key.startswith(("grid.", "grids[", "grids.", "only.")):
             raise ConfigError(f"{path}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}") from None
         raise ConfigError(f"{path}: bad key {key!r}: {_first_line(err)}") from None
     except ConfigError as err:
@@ -460,7 +479,10 @@ def _product(sweep: SweepConfig, cell_type: type, defaults: dict[str, list]) -> 
         knobs = part.knobs()
         values = [knobs.get(key, default) for key, default in defaults.items()]
         cells += [cell_type(**dict(zip(defaults, combination))) for combination in itertools.product(*values)]
-    unique = list({cell.name: cell for cell in cells}.values())
+    unique = [cell for cell in {cell.name: cell for cell in cells}.values() if sweep.selected(cell)]
+    if not unique:
+        raise ConfigError(f"only {_plain_knobs(sweep.only)} keeps none of the sweep's cells "
+                          f"({len({c.name for c in cells})} before it)")
     first_of_shape = {name: index for index, name in reversed(list(enumerate(c.shape_name for c in unique)))}
     return sorted(unique, key=lambda cell: first_of_shape[cell.shape_name])
 
