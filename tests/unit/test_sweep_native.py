@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 from interlingua.config import ConfigError, load_config
 from interlingua.data.squad import load_squad
+from interlingua.errors import CheckpointError
 from interlingua.models.system import load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device
-from interlingua.sweep import load_sweep, plan_sweep, run_sweep, runner
+from interlingua.sweep import load_sweep, native_report, plan_sweep, run_sweep, runner
 from interlingua.sweep.grid import expand_native_grid
 from interlingua.sweep.native import window_budget_cases
 from interlingua.sweep.native_report import flat_native_table
@@ -331,6 +332,39 @@ def test_report_writes_the_finished_cells_and_computes_nothing(finished_native_s
         path.unlink()
     with pytest.raises(ConfigError, match="none of the 8 planned cells is finished"):
         run_sweep(native_sweep(uncompressed), out, progress=False, echo=lines.append, report_only=True)
+
+
+@pytest.mark.e2e
+def test_every_cell_and_trained_shape_records_its_start_and_another_start_is_not_reused(finished_native_sweep,
+                                                                                       uncompressed, tmp_path):
+    """A start checkpoint retrained under the same path is another start: its cells are recomputed and the shapes
+    trained from the old one are refused, while cells from before start records are kept and flagged."""
+    from interlingua.models.interlingua import InterlinguaModel, weights_fingerprint
+
+    out = finished_native_sweep[0]
+    start = {"path": str(uncompressed), "fingerprint": weights_fingerprint(uncompressed)}
+    assert start["fingerprint"] == InterlinguaModel.from_pretrained(uncompressed).fingerprint()
+    for path in (out / "cells").glob("*.json"):
+        assert json.loads(path.read_text())["start"] == start
+    assert len(list((out / "train").glob(f"*/{runner.START_FILE}"))) == 3  # the trained shapes, not the start's own
+    assert f"Every cell starts from the checkpoint with weights fingerprint {start['fingerprint']}" in \
+        (out / "table.md").read_text()
+
+    plan = plan_sweep(native_sweep(uncompressed), out)
+    trained = next(p for p in plan.cells if p.fixed_checkpoint is None)
+    cell = out / "cells" / f"{trained.cell.name}.json"
+    other = {**start, "fingerprint": "0" * 16}
+    assert runner._finished_result(cell, trained, start) is not None
+    assert runner._finished_result(cell, trained, other) is None
+    unrecorded = tmp_path / cell.name
+    unrecorded.write_text(json.dumps({k: v for k, v in json.loads(cell.read_text()).items() if k != "start"}))
+    assert runner._finished_result(unrecorded, trained, other) is not None  # kept; the table says so
+    runner._check_start(trained.train_dir, start)
+    with pytest.raises(CheckpointError, match=r"trained from other start weights .* delete .* to retrain"):
+        runner._check_start(trained.train_dir, other)
+    rows = [{"cell": "a", "start_fingerprint": start["fingerprint"]}, {"cell": "b", "start_fingerprint": None}]
+    lines = " ".join(native_report._start_lines(rows))
+    assert "Start checkpoints differ" in lines and "not recorded (computed before start records were kept): b" in lines
 
 
 def json_rows(out):

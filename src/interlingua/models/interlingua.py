@@ -70,6 +70,31 @@ class InterlinguaSpec:
             raise CheckpointError(f"unreadable checkpoint config ({err})") from None
 
 
+def tensors_fingerprint(tensors: dict) -> str:
+    """``InterlinguaModel.fingerprint`` of a state dict: sha256 over the names and bytes, sorted by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_fingerprint(directory: str | Path) -> str:
+    """The fingerprint of checkpoint ``directory``'s weights without building its model (the same value as
+    ``InterlinguaModel.from_pretrained(directory).fingerprint()``).
+
+    Raises:
+        CheckpointError: no weights file, or a truncated or corrupt one.
+    """
+    weights_path = Path(directory) / CHECKPOINT_WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{directory}: not an interlingua checkpoint ({CHECKPOINT_WEIGHTS_FILE} is missing)")
+    try:
+        return tensors_fingerprint(load_file(str(weights_path)))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{weights_path}: truncated or corrupt weights ({err})") from None
+
+
 def read_spec(directory: Path) -> InterlinguaSpec:
     """A checkpoint's ``interlingua_config.json``, without loading weights.
 
@@ -178,11 +203,7 @@ class InterlinguaModel(nn.Module):
 
     def fingerprint(self) -> str:
         """A short hash of the weights: names the checkpoint that produced a wire message."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensors_fingerprint(self.state_dict())
 
     def check_frozen_models(self, infos: list[FrozenModelInfo]) -> None:
         """Raise CheckpointError unless ``infos`` are the frozen models this interlingua was trained with."""

@@ -91,6 +91,7 @@ def native_rows(results: Sequence[dict], budget: Optional[dict], text: Optional[
                                      "gzip_bytes": v["mean_context_gzip_bytes"]}
                              for model, v in window_budget.items()},
             "trained_in_sweep": result["checkpoint"].get("trained_in_sweep", True),
+            "start_fingerprint": (result.get("start") or {}).get("fingerprint"),
             "ttft_speedup": {model: v["speedup"] for model, v in speedups.items()},
         })
     return rows
@@ -173,6 +174,7 @@ def native_markdown(rows: Sequence[dict], header: list[str], values: list[list[o
         "",
         markdown_table(header, shown),
         "",
+        *_start_lines(rows),
     ]
     if budget:
         models = sorted({m for per_model in budget.values() for m in per_model})
@@ -189,6 +191,26 @@ def native_markdown(rows: Sequence[dict], header: list[str], values: list[list[o
                   markdown_table(BASELINE_HEADER, baseline_rows(references["baselines"], references["prompt_formats"])),
                   ""]
     return "\n".join(lines)
+
+
+def _start_lines(rows: Sequence[dict]) -> list[str]:
+    """Which start checkpoint (weights fingerprint) each cell was trained or evaluated from, where they differ or
+    some cells predate the record."""
+    starts: dict = {}
+    for row in rows:
+        starts.setdefault(row.get("start_fingerprint"), []).append(row["cell"])
+    if not starts:
+        return []
+    if list(starts) == [None]:
+        return ["The cells' start checkpoint was not recorded (they were computed before start records were kept).",
+                ""]
+    if len(starts) == 1:
+        return [f"Every cell starts from the checkpoint with weights fingerprint {next(iter(starts))}.", ""]
+    parts = [f"{fingerprint}: {', '.join(cells)}" if fingerprint else
+             f"not recorded (computed before start records were kept): {', '.join(cells)}"
+             for fingerprint, cells in starts.items()]
+    return ["**Start checkpoints differ.** Cells by the weights fingerprint of the checkpoint they trained or were "
+            "evaluated from: " + "; ".join(parts) + ".", ""]
 
 
 def plot_native_frontier(rows: Sequence[dict], path: Path, text: Optional[dict], budget: Optional[dict]) -> Path:

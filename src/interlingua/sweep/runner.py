@@ -30,7 +30,7 @@ from interlingua.codec.message import message_size
 from interlingua.config import Config, ConfigError, config_to_dict
 from interlingua.eval.jobs import validation_examples
 from interlingua.eval.latent import SentZ, evaluate_own_latent
-from interlingua.models.interlingua import CheckpointError
+from interlingua.models.interlingua import CheckpointError, weights_fingerprint
 from interlingua.models.system import Interlingua, load_checkpoint, load_frozen_models
 from interlingua.runtime import frozen_dtype, resolve_device, seed_everything
 from interlingua.settings import Artifact, settings_differences
@@ -49,6 +49,9 @@ CELLS_SUBDIR = "cells"
 BASELINES_SUBDIR = "baselines"
 WINDOW_BUDGET_SUBDIR = "window_budget"
 PARETO_PLOT = "pareto.png"
+START_FILE = "start.json"
+"""Native sweeps: ``train/<shape>/start.json`` names the checkpoint (path and weights fingerprint) a shape trained
+from; every cell record carries the same under ``start``."""
 
 
 def run_sweep(
@@ -76,14 +79,16 @@ def run_sweep(
     """
     out = Path(output_dir or sweep.output_dir)
     plan = plan_sweep(sweep, out)
-    stored = {p.cell.name: _finished_result(out / CELLS_SUBDIR / f"{p.cell.name}.json", p) for p in plan.cells}
+    start = start_record(plan.base_config) if plan.native else None
+    stored = {p.cell.name: _finished_result(out / CELLS_SUBDIR / f"{p.cell.name}.json", p, start)
+              for p in plan.cells}
     if report_only:
         if not any(stored.values()):
             raise ConfigError(f"--report: none of the {len(plan.cells)} planned cells is finished in "
                               f"{out}/{CELLS_SUBDIR}")
         echo(f"--report: {sum(v is not None for v in stored.values())} of {len(plan.cells)} cells finished; "
              "nothing is trained or evaluated")
-    evaluator = _Evaluator(progress)
+    evaluator = _Evaluator(progress, start)
     provenance = {"run": run_info(plan.base_config, "sweep"), "sweep": sweep_to_dict(sweep)}
     reference_bytes = None if plan.native else message_size(plan.reference_shape, "fp16", 0)  # native: per message
 
@@ -122,7 +127,7 @@ def run_sweep(
             continue
         started, steps = time.monotonic(), _steps_to_train(planned)
         checkpoint = _trained_checkpoint(
-            planned, progress, lambda text: echo(f"{prefix}: {text}"), before_training=evaluator.release
+            planned, progress, lambda text: echo(f"{prefix}: {text}"), before_training=evaluator.release, start=start
         )
         if steps:
             timing.training_seconds += time.monotonic() - started
@@ -161,14 +166,30 @@ def _plain(node):
     return getattr(node, "value", node)
 
 
-def _finished_result(path: Path, planned: PlannedCell) -> Optional[dict]:
-    """The stored result of a cell if it was computed under the cell's current config, else None."""
+def start_record(base: Config) -> dict:
+    """``{"path", "fingerprint"}`` of a native sweep's start checkpoint (``base.train.init_from``): a start retrained
+    under the same path is another start.
+
+    Raises:
+        CheckpointError: its weights are missing or damaged.
+    """
+    return {"path": str(base.train.init_from), "fingerprint": weights_fingerprint(base.train.init_from)}
+
+
+def _finished_result(path: Path, planned: PlannedCell, start: Optional[dict] = None) -> Optional[dict]:
+    """The stored result of a cell if it was computed under the cell's current config (and, native, from the same
+    start checkpoint where the record names one), else None."""
     if not path.is_file():
         return None
     try:
         stored = json.loads(path.read_text())
     except json.JSONDecodeError:
         log.warning("%s is not valid JSON; recomputing the cell", path)
+        return None
+    recorded = (stored.get("start") or {}).get("fingerprint")
+    if start is not None and recorded is not None and recorded != start["fingerprint"]:
+        log.info("%s was computed from another start checkpoint (weights %s, now %s); recomputing", path, recorded,
+                 start["fingerprint"])
         return None
     changed = settings_differences(Artifact.SWEEP_CELL, stored.get("config", {}), planned.eval_config)
     if changed:
@@ -191,14 +212,17 @@ def _steps_to_train(planned: PlannedCell) -> int:
 
 
 def _trained_checkpoint(
-    planned: PlannedCell, progress: bool, echo: Callable[[str], None], before_training: Callable[[], None]
+    planned: PlannedCell, progress: bool, echo: Callable[[str], None], before_training: Callable[[], None],
+    start: Optional[dict] = None,
 ) -> Path:
     """The final checkpoint of the cell's training run: reused when finished (and trained with the same
-    settings), else trained, continuing from the latest checkpoint of an interrupted run
-    (``before_training`` runs first, e.g. to free the evaluator's frozen models)."""
+    settings, from the same ``start`` where it recorded one), else trained, continuing from the latest checkpoint
+    of an interrupted run (``before_training`` runs first, e.g. to free the evaluator's frozen models)."""
     if planned.fixed_checkpoint is not None:
         return planned.fixed_checkpoint
     config, run_dir = planned.train_config, planned.train_dir
+    if start is not None:
+        _check_start(run_dir, start)
     final = _final_checkpoint(planned)
     if final.is_dir():  # checkpoint folders appear complete or not at all (renamed into place)
         changed = settings_differences(Artifact.TRAINING_RUN, read_trainer_state(final)["config"], config)
@@ -212,14 +236,31 @@ def _trained_checkpoint(
     resuming = f", resuming from {latest.name}" if latest else ""
     echo(f"training {planned.cell.shape_label}, {total_steps(config)} steps{resuming}")
     before_training()
+    if start is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / START_FILE, start)
     return train(config, run_dir, resume=latest is not None, progress=progress)
+
+
+def _check_start(run_dir: Path, start: dict) -> None:
+    """Refuse a shape's training run (finished or not) that started from other weights than ``start``."""
+    path = run_dir / START_FILE
+    if not path.is_file():
+        return  # not begun, or trained before start records were kept
+    recorded = json.loads(path.read_text()).get("fingerprint")
+    if recorded != start["fingerprint"]:
+        raise CheckpointError(
+            f"{run_dir} trained from other start weights (fingerprint {recorded}; {start['path']} is now "
+            f"{start['fingerprint']}): delete {run_dir} to retrain it from this start, or give the sweep another "
+            "output_dir")
 
 
 class _Evaluator:
     """Evaluates cells; the frozen models and the validation examples are loaded once and shared."""
 
-    def __init__(self, progress: bool):
+    def __init__(self, progress: bool, start: Optional[dict] = None):
         self.progress = progress
+        self.start = start
         self._frozen: dict = {}
         self._examples: dict = {}
         self._sent = SentZ()  # the cells of one shape share a checkpoint: encode once, quantise per cell
@@ -234,6 +275,7 @@ class _Evaluator:
         if system.is_native:
             rows, result = evaluate_native_cell(system, examples, planned, config, info, checkpoint,
                                                 path.with_suffix(".passes"), self.progress)
+            result["start"] = self.start
             result["evaluate_seconds"] = round(time.monotonic() - started, 1)
             write_cell(path, rows, result)
             return result
