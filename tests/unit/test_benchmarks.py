@@ -89,7 +89,8 @@ def test_kd_topk_gap_benchmark(tmp_path):
     data = _run("kd_topk_gap", tmp_path, "--examples", "4")
     for model in data["models"].values():
         fractions = [v["fraction_of_exact"] for v in model["top_k"].values()]
-        assert all(0 <= f <= 1 + 1e-5 for f in fractions) and fractions == sorted(fractions)
+        # the full vocabulary's fraction is 1 up to fp32 rounding, which differs by CPU (1.8e-5 on an AMD EPYC)
+        assert all(0 <= f <= 1 + 1e-4 for f in fractions) and fractions == sorted(fractions)
 
 
 @pytest.mark.parametrize("overrides", [[], ["interlingua.conditioning=hybrid", "loss.w_nce=1.0", "pretrain.steps=2",

@@ -475,13 +475,15 @@ def _train_in_two_processes(output_dir, *overrides: str, strict: bool = False) -
 
 
 def _assert_same_steps(run_dir, reference_dir, steps: int) -> None:
-    """The first ``steps`` logged losses and gradient norms of two runs agree (float rounding)."""
+    """The first ``steps`` logged losses and gradient norms of two runs agree to float rounding: 1e-4 relative,
+    since a sum split over processes rounds differently by CPU (an AMD EPYC gives 1.6e-5 on the KD term; a wrong
+    average or a lost shard is off by far more)."""
     rows, reference = metrics_rows(run_dir)[:steps], metrics_rows(reference_dir)[:steps]
     assert len(rows) == len(reference) == steps
     for two, one in zip(rows, reference):
         for term, value in one["loss"].items():
-            assert two["loss"][term] == pytest.approx(value, rel=1e-5, abs=1e-7), (two["step"], term)
-        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5), two["step"]
+            assert two["loss"][term] == pytest.approx(value, rel=1e-4, abs=1e-7), (two["step"], term)
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), two["step"]
 
 
 # ---- reconstruction pretraining stage (pretrain.*) ---------------------------------------------
