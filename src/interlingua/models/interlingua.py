@@ -89,8 +89,17 @@ def weights_fingerprint(directory: str | Path) -> str:
     weights_path = Path(directory) / CHECKPOINT_WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{directory}: not an interlingua checkpoint ({CHECKPOINT_WEIGHTS_FILE} is missing)")
+    return tensors_fingerprint(load_weights(weights_path))
+
+
+def load_weights(weights_path: Path, device: str = "cpu") -> dict:
+    """A checkpoint's tensors by name.
+
+    Raises:
+        CheckpointError: a truncated or corrupt file.
+    """
     try:
-        return tensors_fingerprint(load_file(str(weights_path)))
+        return load_file(str(weights_path), device=device)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path}: truncated or corrupt weights ({err})") from None
 
@@ -181,10 +190,7 @@ class InterlinguaModel(nn.Module):
             if not path.is_file():
                 raise CheckpointError(f"{directory}: not an interlingua checkpoint ({path.name} is missing)")
         spec = read_spec(directory)
-        try:
-            tensors = load_file(str(weights_path), device=str(map_location))
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise CheckpointError(f"{weights_path}: truncated or corrupt weights ({err})") from None
+        tensors = load_weights(weights_path, device=str(map_location))
         model = model_class(spec)(spec)
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))

@@ -8,12 +8,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from interlingua.constants import CHECKPOINT_WEIGHTS_FILE
 from interlingua.errors import CheckpointError, ConfigError
-from interlingua.models.interlingua import InterlinguaModel, read_spec
+from interlingua.models.interlingua import InterlinguaModel, load_weights, read_spec
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +33,7 @@ def initialise_from(model: InterlinguaModel, directory: str | Path) -> dict[str,
     if saved_models != model.model_keys:
         raise CheckpointError(f"train.init_from={directory} was trained for models {saved_models}, this run has "
                               f"{model.model_keys} (the same models, in the same order, are needed)")
-    try:
-        tensors = load_file(str(directory / CHECKPOINT_WEIGHTS_FILE))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"{directory / CHECKPOINT_WEIGHTS_FILE}: truncated or corrupt weights ({err})") from None
+    tensors = load_weights(directory / CHECKPOINT_WEIGHTS_FILE)
     state = model.state_dict()
     copied = {name: tensor for name, tensor in tensors.items()
               if name in state and tuple(state[name].shape) == tuple(tensor.shape)}
