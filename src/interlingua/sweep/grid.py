@@ -296,7 +296,7 @@ def load_sweep(name_or_path: str, overrides: Optional[List[str]] = None) -> Swee
         if isinstance(err.__cause__, ConfigError):
             raise ConfigError(f"{path}: {err.__cause__}") from None
         key = getattr(err, "full_key", None) or "?"
-        if isinstance(err, ConfigKeyError) and key.startswith(("grid.", "grids[", "grids.", "only.")):
+        if isinstance(err, ConfigKeyError) and key.startswith(("grid.", "only.")):
             raise ConfigError(f"{path}: {key} is not a sweep knob; grid keys: {', '.join(GRID_KEYS)}") from None
         raise ConfigError(f"{path}: bad key {key!r}: {_first_line(err)}") from None
     except ConfigError as err:
