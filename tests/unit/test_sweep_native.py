@@ -367,6 +367,17 @@ def test_every_cell_and_trained_shape_records_its_start_and_another_start_is_not
     assert "Start checkpoints differ" in lines and "not recorded (computed before start records were kept): b" in lines
 
 
+def test_a_damaged_start_record_is_refused_with_what_to_do(tmp_path):
+    start = {"path": "runs/start", "fingerprint": "0" * 16}
+    runner._check_start(tmp_path, start)  # no record: not begun
+    (tmp_path / runner.START_FILE).write_text(json.dumps(start))
+    runner._check_start(tmp_path, start)
+    for damaged in ('{"path": "runs/st', "[1, 2]", "\udcff"):
+        (tmp_path / runner.START_FILE).write_text(damaged, errors="surrogateescape")
+        with pytest.raises(CheckpointError, match=r"start.json is damaged .* delete .* to retrain"):
+            runner._check_start(tmp_path, start)
+
+
 def json_rows(out):
     return [json.loads(line) for path in sorted((out / "window_budget").glob("*.jsonl"))
             for line in path.read_text().splitlines()]

@@ -247,7 +247,12 @@ def _check_start(run_dir: Path, start: dict) -> None:
     path = run_dir / START_FILE
     if not path.is_file():
         return  # not begun, or trained before start records were kept
-    recorded = json.loads(path.read_text()).get("fingerprint")
+    try:
+        recorded = json.loads(path.read_text()).get("fingerprint")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise CheckpointError(
+            f"{path} is damaged ({err}), so the start weights of {run_dir} are unknown: delete {run_dir} to retrain "
+            "it from this start, or give the sweep another output_dir") from err
     if recorded != start["fingerprint"]:
         raise CheckpointError(
             f"{run_dir} trained from other start weights (fingerprint {recorded}; {start['path']} is now "
