@@ -7,14 +7,13 @@ import datetime as _dt
 import gzip
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from interlingua.config import Config, config_to_dict, save_config
 from interlingua.constants import RESOLVED_CONFIG_FILE
-from interlingua.provenance import git_hash, library_versions
+from interlingua.provenance import git_hash, library_versions, machine_info
 
 
 def run_info(config: Config, command: str) -> dict:
@@ -25,7 +24,7 @@ def run_info(config: Config, command: str) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_hash(),
         "versions": library_versions(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "config": config_to_dict(config),
     }
 
